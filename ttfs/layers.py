@@ -1,0 +1,331 @@
+"""Spiking layers with closed-form spike times (SPEC 2.3-2.6).
+
+Spike times flow between layers. A silent neuron carries t = t_max of its layer (activation 0) and
+emits no spike. Every neuron layer integrates its inputs during phase 1 ([t_min_in, t_min)) and fires
+during phase 2 ([t_min, t_max)); the closed form of that dynamics is
+
+    V(t_min) = A * (t_min - t_min_in) + sum_j W_ij x_j,      x_j = t_min - t_j
+    t_i      = t_min + (theta_i - V(t_min)) / B_i,           clipped at t_max (silent)
+
+Two parameterisations share the layers:
+
+* ``"b1"`` (default): A = 0, B = 1, theta = Delta - D with D trainable. Then t = t_max - ReLU(Wx + D):
+  the layer *is* a ReLU layer read in time, gradients included.
+* ``"alpha1"``: no phase switch, constant drive A = alpha, slope at threshold B = alpha + sum_j W_ij
+  (silent inputs arrive at t_min), theta trainable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PARAMETERISATIONS = ("b1", "alpha1")
+
+
+class SpikingNeurons(nn.Module):
+    """Base of layers that own neurons, a coding window and per-neuron (or per-region) thresholds.
+
+    ``bias`` holds D for B1 (the equivalent ReLU bias, threshold = Delta - D) and the threshold theta
+    itself for alpha1. It has shape (channels, regions); ``region_index`` (out_h, out_w) picks the region
+    of each output position of a convolution ('same' padding after a folded batch norm gives border
+    positions their own bias, SPEC 3.2).
+    """
+
+    def __init__(self, out_channels: int, regions: int, parameterisation: str, alpha: float):
+        super().__init__()
+        if parameterisation not in PARAMETERISATIONS:
+            raise ValueError(
+                f"unknown parameterisation {parameterisation!r}; choose one of {PARAMETERISATIONS}"
+            )
+        self.parameterisation = parameterisation
+        self.alpha = float(alpha)
+        self.bias = nn.Parameter(torch.zeros(out_channels, regions))
+        self.register_buffer("region_index", None)
+
+    # -- implemented by subclasses -------------------------------------------------------------
+    def integrate(self, x: Tensor) -> Tensor:
+        """sum_j W_ij x_j for every neuron (no bias)."""
+        raise NotImplementedError
+
+    def per_neuron(self, p: Tensor) -> Tensor:
+        """Broadcast a (channels, regions) parameter to the layer's output shape (without batch)."""
+        raise NotImplementedError
+
+    def patches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Inputs seen by each output position, (batch, positions, taps), and the weights (out, taps)."""
+        raise NotImplementedError
+
+    # -- shared dynamics -------------------------------------------------------------------------
+    @property
+    def is_b1(self) -> bool:
+        return self.parameterisation == "b1"
+
+    def slope(self, like: Tensor) -> Tensor:
+        """Slope B of the potential at threshold, per neuron, broadcastable to the layer output."""
+        if self.is_b1:
+            return torch.ones((), dtype=like.dtype, device=like.device)
+        ones = torch.ones_like(like[:1])
+        return self.alpha + self.integrate(ones)[0]
+
+    def drive(self) -> float:
+        """Constant input current A during phase 1."""
+        return 0.0 if self.is_b1 else self.alpha
+
+    def threshold(self, delta: Tensor | float) -> Tensor:
+        """Firing threshold theta per neuron for a window of width ``delta`` (0 for the readout)."""
+        if self.is_b1:
+            return delta - self.per_neuron(self.bias)
+        return self.per_neuron(self.bias)
+
+    def activation(self, t_in: Tensor, t_min_in: Tensor, t_min: Tensor, delta: Tensor | float) -> Tensor:
+        """t_max - t_unclipped: the equivalent ReLU pre-activation, from the closed-form spike time.
+
+        An alpha1 neuron with slope B <= 0 never rises to threshold in phase 2: it is silent
+        (returned as -1, counted by :meth:`nonpositive_slopes`).
+        """
+        x = t_min - t_in
+        if self.is_b1:
+            # A = 0, B = 1, theta = Delta - D:  t_max - t = V - theta + Delta = Wx + D.
+            return self.integrate(x) + self.per_neuron(self.bias)
+        slope = self.slope(x)
+        rising = slope > 0
+        potential = self.drive() * (t_min - t_min_in) + self.integrate(x)
+        value = (potential - self.per_neuron(self.bias)) / torch.where(rising, slope, 1.0) + delta
+        return torch.where(rising, value, -1.0)
+
+    def forward(self, t_in: Tensor, t_min_in: Tensor, t_min: Tensor, t_max: Tensor) -> Tensor:
+        """Spike times of this layer; silent neurons get exactly t_max."""
+        return t_max - F.relu(self.activation(t_in, t_min_in, t_min, t_max - t_min))
+
+    def readout(self, t_in: Tensor, t_min_in: Tensor, t_min: Tensor) -> Tensor:
+        """Logits of a non-spiking output layer: its potentials at t_read = t_min, in ReLU units."""
+        return self.activation(t_in, t_min_in, t_min, 0.0)
+
+    def nonpositive_slopes(self, like: Tensor) -> int:
+        """Number of neurons (per sample) whose alpha1 slope B <= 0 makes them silent; 0 for B1."""
+        if self.is_b1:
+            return 0
+        return int((self.slope(like) <= 0).sum())
+
+    def phase1_spikes(self, t_in: Tensor, t_min_in: Tensor, t_min: Tensor) -> Tensor:
+        """Mask of alpha1 neurons whose potential reaches threshold before t_min (a spike in phase 1).
+
+        The potential is piecewise linear with breakpoints at the input spike times, so it reaches
+        theta in [t_min_in, t_min] iff it does so at a breakpoint or at t_min. B1 has no threshold in
+        phase 1: its early spikes are causality violations (t < t_min), counted by the network.
+        """
+        x = t_min - t_in
+        theta = self.per_neuron(self.bias)
+        if self.is_b1:
+            return torch.zeros_like(self.integrate(x), dtype=torch.bool)
+        crossed = self.drive() * (t_min - t_min_in) + self.integrate(x) > theta
+        patches, weight = self.patches(x)  # (batch, positions, taps), (out, taps)
+        order = patches.argsort(dim=-1, descending=True)  # earliest arrival first
+        arrival = t_min - patches.gather(-1, order)  # (b, l, k)
+        w = weight.t()[order]  # (b, l, k, out)
+        cum_w = w.cumsum(dim=2)
+        cum_wt = (w * arrival.unsqueeze(-1)).cumsum(dim=2)
+        v = self.drive() * (arrival - t_min_in).unsqueeze(-1) + arrival.unsqueeze(-1) * cum_w - cum_wt
+        in_phase1 = (arrival < t_min).unsqueeze(-1)
+        theta_l = theta.expand(crossed.shape[1:]).reshape(crossed.shape[1], -1).t()  # (positions, out)
+        early = ((v >= theta_l) & in_phase1).any(dim=2) | (theta_l <= 0)  # (batch, positions, out)
+        return crossed | early.transpose(1, 2).reshape(crossed.shape)
+    has_padding = False
+
+    def relu_equivalent(self, delta_in: float, delta: float) -> tuple[Tensor, Tensor]:
+        """(w, b) of the equivalent ReLU layer, b shaped like ``bias`` (reverse map of SPEC 2.3).
+
+        ``delta`` is this layer's window width (0 for the readout), ``delta_in`` the previous layer's.
+        """
+        weight, bias = self.weight.detach(), self.bias.detach()
+        if self.is_b1:
+            return weight.clone(), bias.clone()
+        if self.has_padding:
+            raise ValueError(
+                "an alpha1 convolution with zero padding has position-dependent slopes B; it has no "
+                "equivalent ReLU convolution (use 'valid' padding or the B1 parameterisation)"
+            )
+        slope = self.alpha + weight.flatten(1).sum(1)
+        if bool((slope <= 0).any()):
+            raise ValueError(
+                f"{int((slope <= 0).sum())} alpha1 neurons have slope B <= 0 and no ReLU equivalent"
+            )
+        w = weight / slope.reshape(-1, *(1,) * (weight.ndim - 1))
+        b = delta - (bias - self.alpha * delta_in) / slope[:, None]
+        return w, b
+
+
+class SpikingLinear(SpikingNeurons):
+    """Fully connected spiking layer (hidden) or readout."""
+
+    def __init__(self, in_features: int, out_features: int, parameterisation: str = "b1", alpha: float = 1.0):
+        super().__init__(out_features, 1, parameterisation, alpha)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.xavier_uniform_(self.weight)
+
+    def integrate(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight)
+
+    def per_neuron(self, p: Tensor) -> Tensor:
+        return p[:, 0]
+
+    def patches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x.unsqueeze(1), self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, {self.parameterisation}"
+
+
+class SpikingConv2d(SpikingNeurons):
+    """2-d convolutional spiking layer with stride, 'same'/'valid'/explicit zero padding.
+
+    Zero padding is a silent input (x = 0), exactly as zero padding of the ReLU network's activations.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        parameterisation: str = "b1",
+        alpha: float = 1.0,
+        region_index: Tensor | None = None,
+    ):
+        regions = 1 if region_index is None else int(region_index.max()) + 1
+        super().__init__(out_channels, regions, parameterisation, alpha)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = conv_padding(self.kernel_size, self.stride, padding)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        nn.init.xavier_uniform_(self.weight)
+        if region_index is not None:
+            self.region_index = region_index.to(torch.long)
+
+    def integrate(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding)
+
+    def per_neuron(self, p: Tensor) -> Tensor:
+        if self.region_index is None:
+            return p[:, 0, None, None]
+        return p[:, self.region_index]
+
+    def patches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
+        return cols.transpose(1, 2), self.weight.reshape(self.out_channels, -1)
+
+    @property
+    def has_padding(self) -> bool:
+        return self.padding != (0, 0)
+
+    def output_size(self, in_size: tuple[int, int]) -> tuple[int, int]:
+        return conv_output_size(in_size, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        regions = self.bias.shape[1]
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, regions={regions}, {self.parameterisation}"
+        )
+
+
+class MinTimePool2d(nn.Module):
+    """Max-pooling of activations as pooling of spike times (SPEC 2.6).
+
+    Channels with ``sign`` +1 take the earliest spike (max of activations); channels with sign -1 take
+    the latest (min of activations), needed when a batch norm with negative scale sits between the ReLU
+    and the max-pool. Creates no neurons and no window.
+    """
+
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+                 sign: Tensor | None = None):
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride if stride is not None else kernel_size)
+        self.sign: Tensor | None
+        if sign is not None and bool((sign < 0).any()):
+            self.register_buffer("sign", sign.sign().to(torch.get_default_dtype()).reshape(1, -1, 1, 1))
+        else:
+            self.sign = None
+
+    def forward(self, t: Tensor) -> Tensor:
+        if self.sign is None:
+            return -F.max_pool2d(-t, self.kernel_size, self.stride)
+        s = self.sign.to(t.dtype)
+        return -s * F.max_pool2d(-s * t, self.kernel_size, self.stride)
+
+    def extra_repr(self) -> str:
+        negative = 0 if self.sign is None else int((self.sign < 0).sum())
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, negative_channels={negative}"
+
+
+class InputEncoder(nn.Module):
+    """Maps raw inputs z to input spike times t0 = t_max0 - x * Delta0 with x = clip((z - p) / (q - p)).
+
+    ``p`` and ``q`` are scalars or per-channel values. Values outside [p, q] are clipped (they saturate
+    at the window edge) and counted by :meth:`clipped`; non-finite values raise.
+    """
+
+    def __init__(self, in_shape: tuple[int, ...], p: float | Tensor = 0.0, q: float | Tensor = 1.0):
+        super().__init__()
+        self.in_shape = tuple(int(s) for s in in_shape)
+        p_t = torch.as_tensor(p, dtype=torch.get_default_dtype())
+        q_t = torch.as_tensor(q, dtype=torch.get_default_dtype())
+        if bool((q_t <= p_t).any()):
+            raise ValueError(f"input range needs q > p, got p={p}, q={q}")
+        shape = (-1,) + (1,) * (len(self.in_shape) - 1) if p_t.ndim else ()
+        self.register_buffer("p", p_t.reshape(shape))
+        self.register_buffer("q", q_t.reshape(shape))
+
+    def check(self, z: Tensor) -> None:
+        if tuple(z.shape[1:]) != self.in_shape:
+            raise ValueError(
+                f"input has shape {tuple(z.shape)}, expected (batch, {', '.join(map(str, self.in_shape))})"
+            )
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError("input contains NaN or infinite values; clean or impute the data before encoding")
+
+    def scaled(self, z: Tensor) -> Tensor:
+        """x in [0, 1]."""
+        return ((z - self.p) / (self.q - self.p)).clamp(0.0, 1.0)
+
+    def clipped(self, z: Tensor) -> Tensor:
+        """Number of input values outside [p, q] (they were clipped to the window edge)."""
+        return ((z < self.p) | (z > self.q)).sum()
+
+    def forward(self, z: Tensor, t_max: Tensor, delta: Tensor) -> Tensor:
+        self.check(z)
+        return t_max - self.scaled(z) * delta
+
+    def extra_repr(self) -> str:
+        return f"in_shape={self.in_shape}"
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def conv_padding(kernel: tuple[int, int], stride: tuple[int, int], padding) -> tuple[int, int]:
+    """Explicit symmetric zero padding; 'same' needs odd kernels (symmetric padding) and stride 1."""
+    if padding == "valid":
+        return (0, 0)
+    if padding == "same":
+        if any(k % 2 == 0 for k in kernel) or stride != (1, 1):
+            raise ValueError(f"'same' padding needs odd kernel sizes and stride 1, got {kernel}, {stride}")
+        return (kernel[0] // 2, kernel[1] // 2)
+    return _pair(padding)
+
+
+def conv_output_size(size: tuple[int, int], kernel, stride, padding) -> tuple[int, int]:
+    return tuple(
+        math.floor((s + 2 * p - k) / st) + 1 for s, k, st, p in zip(size, kernel, stride, padding, strict=True)
+    )
