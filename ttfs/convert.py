@@ -9,6 +9,7 @@ max-pool, with per-region biases where 'same' zero padding meets a folded shift)
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -207,6 +208,17 @@ def fold(model: nn.Module, in_shape: tuple[int, ...], p: Tensor, q: Tensor, inpu
     return ops
 
 
+@contextmanager
+def _float64_default() -> Iterator[None]:
+    """Build modules in float64 whatever the default dtype (float32 would round the folded values)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def _build(ops: list, encoder: InputEncoder, deltas: Tensor, parameterisation: str, alpha: float) -> SNN:
     layers: list[nn.Module] = []
     widths = deltas.tolist() + [0.0]
@@ -328,10 +340,14 @@ def convert(
     with torch.device("cpu"):
         unit_windows = torch.ones(n_hidden + 1, dtype=torch.float64)
         unit_windows[0] = input_delta
-        probe = _build(ops, InputEncoder(in_shape, *encoder_range), unit_windows, "b1", alpha).double()
+        with _float64_default():
+            encoder = InputEncoder(in_shape, *encoder_range)
+            probe = _build(ops, encoder, unit_windows, "b1", alpha).double()
         peaks = max_activations(probe.to(device), calibration).cpu()
         deltas = torch.cat([unit_windows[:1], torch.where(peaks > 0, (1 + zeta) * peaks, torch.ones_like(peaks))])
-        snn = _build(ops, InputEncoder(in_shape, *encoder_range), deltas, parameterisation, alpha).double()
+        with _float64_default():
+            encoder = InputEncoder(in_shape, *encoder_range)
+            snn = _build(ops, encoder, deltas, parameterisation, alpha).double()
     return snn.to(device=device, dtype=dtype)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +22,14 @@ class SpikeRecord:
     times: list[Tensor]  # spike times of each hidden neuron layer (silent = t_max)
     layer_inputs: list[Tensor]  # spike times arriving at each neuron layer (after pooling/flatten)
     boundaries: Tensor  # t_min^(0), t_min^(1), ..., t_min^(N)
-    clipped_inputs: Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
+    raw_inputs: Tensor | None = None
+    encoder: InputEncoder | None = None
+
+    def clipped_inputs(self) -> int:
+        """Input values that fell outside [p, q] and were clipped to the window edge."""
+        if self.raw_inputs is None or self.encoder is None:
+            return 0
+        return int(self.encoder.clipped(self.raw_inputs))
 
     def t_min(self, n: int) -> Tensor:
         """Start of the window of neuron layer n (1-based, hidden layers 1..N-1)."""
@@ -105,7 +112,7 @@ class SNN(nn.Module):
         b = self.boundaries()
         t = self.encoder(z, b[1], self.deltas[0])
         record = self.propagate(t, b)
-        record.clipped_inputs = self.encoder.clipped(z)
+        record.raw_inputs, record.encoder = z, self.encoder
         return record
 
     def run_times(self, t0: Tensor) -> SpikeRecord:
@@ -143,8 +150,10 @@ class SNN(nn.Module):
         """
         if self.parameterisation != "b1":
             return
-        peaks = torch.stack([x.detach().amax() for x in record.activations()]) * kappa
-        self.deltas[1:] = torch.maximum(self.deltas[1:], peaks.to(self.deltas.dtype))
+        b = record.boundaries
+        for n, t in enumerate(record.times, start=1):
+            # max_batch x = t_max - min_batch t
+            self.deltas[n] = torch.maximum(self.deltas[n], (b[n + 1] - t.detach().amin()) * kappa)
 
     def phase1_spikes(self, record: SpikeRecord) -> Tensor:
         """Per hidden layer, alpha1 neurons whose potential reaches threshold during phase 1 (0 for B1)."""

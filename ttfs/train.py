@@ -1,0 +1,148 @@
+"""Exact-gradient training of ReLU networks and TTFS networks with one set of plain functions.
+
+Gradients of an SNN flow through its closed-form spike times (no surrogate); silent neurons get zero
+gradient. For B1 this is gradient descent on the ReLU network itself, step for step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .network import SNN
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class StepOutput:
+    logits: Tensor
+    activations: list[Tensor]
+
+
+def forward_with_activations(model: nn.Module, z: Tensor, need_activations: bool = True) -> StepOutput:
+    """Logits and hidden activations (x = t_max - t for an SNN, ReLU outputs for a ReLU network)."""
+    if isinstance(model, SNN):
+        record = model.run(z)
+        return StepOutput(record.logits, record.activations() if need_activations else [])
+    if not need_activations:
+        return StepOutput(model(z), [])
+    activations: list[Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: activations.append(out))
+             for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        logits = model(z)
+    finally:
+        for h in hooks:
+            h.remove()
+    return StepOutput(logits, activations)
+
+
+class TensorBatches:
+    """Mini-batches from in-memory tensors, shuffled by a seeded generator, moved to ``device``.
+
+    Iterating twice gives two different shuffles; the generator state (``generator.get_state()``) is all
+    a checkpoint needs to resume the same sequence.
+    """
+
+    def __init__(self, inputs: Tensor, labels: Tensor, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
+        if len(inputs) != len(labels):
+            raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
+        self.inputs, self.labels = inputs, labels
+        self.batch_size, self.shuffle = int(batch_size), shuffle
+        self.device, self.dtype = torch.device(device), dtype
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.inputs) // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.inputs)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        inputs = self.inputs.to(self.device, self.dtype or self.inputs.dtype)
+        labels = self.labels.to(self.device)
+        for idx in order.to(self.device).split(self.batch_size):
+            yield inputs[idx], labels[idx]
+
+
+def l1_penalty(activations: list[Tensor]) -> Tensor:
+    """sum |x| over hidden activations, averaged over the batch (activations are >= 0)."""
+    batch = activations[0].shape[0]
+    return sum(x.sum() for x in activations) / batch
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    l1: float = 0.0,
+    kappa: float = 10.0,
+    adapt_windows: bool = True,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> dict[str, float]:
+    """One pass over ``batches``; returns mean loss and accuracy. Raises DivergenceError on NaN/inf.
+
+    For an SNN the windows follow the adaptive rule of SPEC 2.8 after every optimiser step.
+    """
+    model.train()
+    is_snn = isinstance(model, SNN)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.long)
+    seen = 0
+    for z, y in batches:
+        if is_snn:
+            record = model.run(z)
+            logits = record.logits
+            loss = F.cross_entropy(logits, y)
+            if l1:
+                loss = loss + l1 * record.l1()
+        else:
+            out = forward_with_activations(model, z, need_activations=bool(l1))
+            logits = out.logits
+            loss = F.cross_entropy(logits, y)
+            if l1:
+                loss = loss + l1 * l1_penalty(out.activations)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if is_snn and adapt_windows:
+            model.adapt_windows(record, kappa)
+        loss_sum += loss.detach().to("cpu", torch.float64) * len(y)
+        correct += (logits.detach().argmax(1) == y).sum().cpu()
+        seen += len(y)
+    mean_loss = float(loss_sum) / max(seen, 1)
+    if not torch.isfinite(loss_sum):
+        raise DivergenceError(
+            f"training loss became {mean_loss}; lower the learning rate or the L1 strength, or check the data"
+        )
+    return {"loss": mean_loss, "accuracy": float(correct) / max(seen, 1)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
+    """Mean cross-entropy and accuracy on ``batches`` (eval mode)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for z, y in batches:
+        logits = model(z)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+    model.train(was_training)
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+
+def exponential_decay(optimizer: torch.optim.Optimizer, factor: float = 0.9, every: int = 5000):
+    """The paper's schedule: multiply the learning rate by ``factor`` every ``every`` steps."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor ** (step // every))
