@@ -23,7 +23,9 @@ SMALL = {
     "vgg16_mnist": dict(in_shape=(1, 28, 28), width_multiplier=1 / 16),
     "vgg16_places365": dict(in_shape=(3, 32, 32), width_multiplier=1 / 32),
 }
-ALLOWED = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout)
+ALLOWED = (
+    nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout,
+)
 
 
 def randomise_batch_norm(model: nn.Module, gen: torch.Generator) -> None:
@@ -143,6 +145,10 @@ def conv_params(c_in: int, cfg) -> tuple[int, int]:
     return total, c
 
 
+def dense_shapes(model: nn.Module) -> list[tuple[int, int]]:
+    return [(m.in_features, m.out_features) for m in model if isinstance(m, nn.Linear)]
+
+
 def parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -152,12 +158,12 @@ def test_full_size_fc_and_lenet5_architectures():
         fc2 = create_model("fc2")
         fc16 = create_model("fc16")
         lenet = create_model("lenet5")
-    assert [(m.in_features, m.out_features) for m in affine(fc2)] == [(784, 340), (340, 10)]
-    assert [(m.in_features, m.out_features) for m in affine(fc16)] == [(784, 340)] + [(340, 340)] * 14 + [(340, 10)]
+    assert dense_shapes(fc2) == [(784, 340), (340, 10)]
+    assert dense_shapes(fc16) == [(784, 340)] + [(340, 340)] * 14 + [(340, 10)]
     convs = [m for m in lenet if isinstance(m, nn.Conv2d)]
     assert [(m.out_channels, m.kernel_size) for m in convs] == [(6, (5, 5)), (16, (5, 5)), (120, (5, 5))]
     assert [m.padding for m in convs] == [(2, 2), (0, 0), (0, 0)]
-    assert [(m.in_features, m.out_features) for m in lenet if isinstance(m, nn.Linear)] == [(120, 84), (84, 10)]
+    assert dense_shapes(lenet) == [(120, 84), (84, 10)]
     expected = (25 * 6 + 6) + (6 * 25 * 16 + 16) + (16 * 25 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
     assert parameters(lenet) == expected
 
@@ -198,7 +204,7 @@ def test_full_size_vgg16_mnist_and_places365():
     mnist_cfg = [64, 64, 128, 128, "P", 256, 256, 256, "P", 512, 512, 512, "P", 512, 512, 512, "P"]
     assert [m.out_channels for m in affine(mnist)[:13]] == [c for c in mnist_cfg if c != "P"]
     # 28 -> 14 -> 7 -> 3 -> 1
-    assert [(m.in_features, m.out_features) for m in affine(mnist)[13:]] == [(512, 512), (512, 512), (512, 10)]
+    assert dense_shapes(mnist) == [(512, 512), (512, 512), (512, 10)]
     assert mnist[0].in_channels == 1
     assert [(m.in_features, m.out_features) for m in affine(places)[13:]] == [
         (512 * 7 * 7, 4096), (4096, 4096), (4096, 365)]

@@ -310,13 +310,17 @@ def convert(
 ) -> SNN:
     """Convert a ReLU network into an equivalent TTFS network.
 
-    ``calibration`` (a tensor of raw inputs or an iterable of batches) sets each hidden window to
-    (1 + zeta) * X_n, with X_n the layer's largest activation on it (SPEC 2.8). ``in_range`` = (p, q)
+    ``calibration`` (a tensor of raw inputs, or an iterable of input batches or (inputs, labels))
+    sets each hidden window to (1 + zeta) * X_n, with X_n the layer's largest activation on it
+    (SPEC 2.8). ``in_range`` = (p, q)
     are scalars or per-channel sequences; inputs outside are clipped. The result has the dtype of
     ``model`` unless ``dtype`` is given, and lives on the model's device.
     """
-    first = next(iter(calibration)) if not isinstance(calibration, Tensor) else calibration
-    first = first[0] if isinstance(first, (tuple, list)) else first
+    if not isinstance(calibration, Tensor):
+        calibration = list(_batches(calibration, 0))  # a generator can be read only once
+        if not calibration:
+            raise ValueError("convert needs calibration data to set the coding windows; got no batches")
+    first = calibration if isinstance(calibration, Tensor) else calibration[0]
     in_shape = tuple(first.shape[1:])
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")

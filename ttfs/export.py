@@ -119,23 +119,42 @@ def _range_value(v: torch.Tensor) -> float | list[float]:
     return float(v) if v.ndim == 0 else [float(x) for x in v.reshape(-1).tolist()]
 
 
-def _neuron_layer(layer: SpikingNeurons, i: int, n: int, readout: bool, shape: tuple[int, ...],
-                  boundaries: torch.Tensor, deltas: torch.Tensor, arrays: dict[str, np.ndarray],
-                  prefix: str) -> tuple[dict[str, Any], tuple[int, ...]]:
-    spec: dict[str, Any] = {"index": i, "neuron_layer": n, "role": "readout" if readout else "hidden"}
+def _neuron_layer(
+    layer: SpikingNeurons,
+    i: int,
+    n: int,
+    readout: bool,
+    shape: tuple[int, ...],
+    boundaries: torch.Tensor,
+    deltas: torch.Tensor,
+    arrays: dict[str, np.ndarray],
+    prefix: str,
+) -> tuple[dict[str, Any], tuple[int, ...]]:
+    role = "readout" if readout else "hidden"
     if isinstance(layer, SpikingLinear):
         if shape != (layer.in_features,):
             raise ValueError(f"layer {i}: dense layer expects ({layer.in_features},) inputs, got {shape}")
         out: tuple[int, ...] = (layer.out_features,)
-        spec.update(kind="dense", in_features=layer.in_features, out_features=layer.out_features)
+        spec: dict[str, Any] = {"kind": "dense", "index": i, "neuron_layer": n, "role": role}
     elif isinstance(layer, SpikingConv2d):
         if len(shape) != 3 or shape[0] != layer.in_channels:
-            raise ValueError(f"layer {i}: conv2d layer expects {layer.in_channels} input channels, got {shape}")
+            raise ValueError(
+                f"layer {i}: conv2d expects {layer.in_channels} input channels, got shape {shape}"
+            )
         out = (layer.out_channels, *layer.output_size(shape[1:]))
-        spec.update(kind="conv2d", in_channels=layer.in_channels, out_channels=layer.out_channels,
-                    kernel=list(layer.kernel_size), stride=list(layer.stride), padding=list(layer.padding))
+        spec = {
+            "kind": "conv2d",
+            "index": i,
+            "neuron_layer": n,
+            "role": role,
+            "kernel": list(layer.kernel_size),
+            "stride": list(layer.stride),
+            "padding": list(layer.padding),
+        }
     else:
-        raise ValueError(f"layer {i} ({type(layer).__name__}) has no representation in the {FORMAT_NAME} format")
+        raise ValueError(
+            f"layer {i} ({type(layer).__name__}) has no representation in the {FORMAT_NAME} format"
+        )
     bias = layer.bias.detach().cpu()
     if readout:
         delta = None
@@ -174,7 +193,9 @@ def _neuron_layer(layer: SpikingNeurons, i: int, n: int, readout: bool, shape: t
     return spec, out
 
 
-def _pool_layer(layer: MinTimePool2d, i: int, shape: tuple[int, ...]) -> tuple[dict[str, Any], tuple[int, ...]]:
+def _pool_layer(
+    layer: MinTimePool2d, i: int, shape: tuple[int, ...]
+) -> tuple[dict[str, Any], tuple[int, ...]]:
     if len(shape) != 3:
         raise ValueError(f"layer {i}: pooling needs a (channels, h, w) input, got {shape}")
     kernel, stride = layer.kernel_size, layer.stride
@@ -185,8 +206,15 @@ def _pool_layer(layer: MinTimePool2d, i: int, shape: tuple[int, ...]) -> tuple[d
         sign = [1 if s > 0 else -1 for s in layer.sign.detach().cpu().reshape(-1).tolist()]
         if len(sign) != shape[0]:
             raise ValueError(f"layer {i}: pooling sign has {len(sign)} channels, the input has {shape[0]}")
-    spec = {"kind": "pool", "index": i, "in_shape": list(shape), "out_shape": list(out),
-            "kernel": list(kernel), "stride": list(stride), "sign": sign}
+    spec = {
+        "kind": "pool",
+        "index": i,
+        "in_shape": list(shape),
+        "out_shape": list(out),
+        "kernel": list(kernel),
+        "stride": list(stride),
+        "sign": sign,
+    }
     return spec, out
 
 
@@ -261,8 +289,13 @@ def _field(d: Mapping[str, Any], key: str, where: str) -> Any:
     return d[key]
 
 
-def _array(arrays: Mapping[str, np.ndarray], name: Any, what: str, shape: tuple[int, ...] | None = None,
-           integer: bool = False) -> np.ndarray:
+def _array(
+    arrays: Mapping[str, np.ndarray],
+    name: Any,
+    what: str,
+    shape: tuple[int, ...] | None = None,
+    integer: bool = False,
+) -> np.ndarray:
     if not isinstance(name, str) or name not in arrays:
         raise ValueError(f"array {name!r} ({what}) is missing from {ARRAYS_FILE}")
     a = np.asarray(arrays[name])
@@ -270,7 +303,9 @@ def _array(arrays: Mapping[str, np.ndarray], name: Any, what: str, shape: tuple[
         raise ValueError(f"array {name!r} ({what}) has shape {tuple(a.shape)}, expected {tuple(shape)}")
     kind = "iu" if integer else "f"
     if a.dtype.kind not in kind:
-        raise ValueError(f"array {name!r} ({what}) has dtype {a.dtype}, expected {'integer' if integer else 'float'}")
+        raise ValueError(
+            f"array {name!r} ({what}) has dtype {a.dtype}, expected {'integer' if integer else 'float'}"
+        )
     return a
 
 
@@ -294,8 +329,8 @@ def validate(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
     n_neuron = sum(1 for s in layers if isinstance(s, dict) and s.get("kind") in ("dense", "conv2d"))
     if len(deltas) != n_neuron or len(boundaries) != n_neuron + 1:
         raise ValueError(
-            f"model.json: {n_neuron} neuron layers need {n_neuron} window widths and {n_neuron + 1} boundaries, "
-            f"got {len(deltas)} and {len(boundaries)}"
+            f"model.json: {n_neuron} neuron layers need {n_neuron} window widths and {n_neuron + 1} "
+            f"boundaries, got {len(deltas)} and {len(boundaries)}"
         )
     n = 0
     for i, spec in enumerate(layers):
@@ -303,7 +338,9 @@ def validate(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         kind = _field(spec, "kind", where)
         in_shape = tuple(_field(spec, "in_shape", where))
         if in_shape != shape:
-            raise ValueError(f"model.json: {where} has in_shape {list(in_shape)}, the previous layer gives {list(shape)}")
+            raise ValueError(
+                f"model.json: {where} has in_shape {list(in_shape)}, the previous layer gives {list(shape)}"
+            )
         out_shape = tuple(_field(spec, "out_shape", where))
         expected = _output_shape(spec, kind, in_shape, where)
         if expected is not None and out_shape != expected:
@@ -312,11 +349,29 @@ def validate(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
             )
         if kind in ("dense", "conv2d"):
             n += 1
-            for key in ("role", "parameterisation", "alpha", "A", "regions", "t_min_in", "t_min", "t_max"):
+            for key in (
+                "role",
+                "parameterisation",
+                "alpha",
+                "A",
+                "regions",
+                "t_min_in",
+                "t_min",
+                "t_max",
+                "delta",
+            ):
                 _field(spec, key, where)
+            window = [boundaries[n - 1], boundaries[n], boundaries[n + 1] if n < n_neuron else None]
+            for key, value in zip(("t_min_in", "t_min", "t_max"), window, strict=True):
+                if (value is None) != (spec[key] is None) or (
+                    value is not None and not math.isclose(spec[key], value, rel_tol=1e-12, abs_tol=1e-12)
+                ):
+                    raise ValueError(f"model.json: {where} has {key}={spec[key]}, the windows give {value}")
             readout = i == len(layers) - 1
             if spec["role"] != ("readout" if readout else "hidden"):
-                raise ValueError(f"model.json: {where} has role {spec['role']!r}; only the last layer is the readout")
+                raise ValueError(
+                    f"model.json: {where} has role {spec['role']!r}; only the last layer is the readout"
+                )
             regions = int(spec["regions"])
             channels = out_shape[0]
             if kind == "dense":
@@ -351,13 +406,17 @@ def validate(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         raise ValueError("model.json: the last layer must be the readout (dense or conv2d)")
 
 
-def _output_shape(spec: dict[str, Any], kind: str, in_shape: tuple[int, ...], where: str) -> tuple[int, ...] | None:
+def _output_shape(
+    spec: dict[str, Any], kind: str, in_shape: tuple[int, ...], where: str
+) -> tuple[int, ...] | None:
     """The output shape implied by a layer's geometry (None for dense: any width is consistent)."""
     if kind == "flatten":
         return (math.prod(in_shape),)
     if kind == "dense":
         if len(in_shape) != 1:
-            raise ValueError(f"model.json: {where} is dense but its input has shape {list(in_shape)} (flatten first)")
+            raise ValueError(
+                f"model.json: {where} is dense but its input has shape {list(in_shape)} (flatten first)"
+            )
         return None
     if kind not in ("conv2d", "pool"):
         return None
@@ -367,7 +426,9 @@ def _output_shape(spec: dict[str, Any], kind: str, in_shape: tuple[int, ...], wh
     stride = _field(spec, "stride", where)
     padding = _field(spec, "padding", where) if kind == "conv2d" else [0, 0]
     channels = int(_field(spec, "out_shape", where)[0]) if kind == "conv2d" else in_shape[0]
-    size = [(s + 2 * p - k) // st + 1 for s, k, st, p in zip(in_shape[1:], kernel, stride, padding, strict=True)]
+    size = [
+        (s + 2 * p - k) // st + 1 for s, k, st, p in zip(in_shape[1:], kernel, stride, padding, strict=True)
+    ]
     return (channels, *size)
 
 
@@ -404,17 +465,36 @@ def from_dict(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> SNN:
         for spec in meta["layers"]:
             kind = spec["kind"]
             if kind == "dense":
-                layers.append(SpikingLinear(spec["in_shape"][0], spec["out_shape"][0], spec["parameterisation"],
-                                            spec["alpha"]))
+                layers.append(
+                    SpikingLinear(
+                        spec["in_shape"][0], spec["out_shape"][0], spec["parameterisation"], spec["alpha"]
+                    )
+                )
             elif kind == "conv2d":
                 index = spec["region_index"]
-                region_index = None if index is None else torch.from_numpy(np.asarray(arrays[index], np.int64))
-                layers.append(SpikingConv2d(spec["in_shape"][0], spec["out_shape"][0], tuple(spec["kernel"]),
-                                            tuple(spec["stride"]), tuple(spec["padding"]), spec["parameterisation"],
-                                            spec["alpha"], region_index))
+                region_index = (
+                    None if index is None else torch.from_numpy(np.asarray(arrays[index], np.int64))
+                )
+                layers.append(
+                    SpikingConv2d(
+                        spec["in_shape"][0],
+                        spec["out_shape"][0],
+                        tuple(spec["kernel"]),
+                        tuple(spec["stride"]),
+                        tuple(spec["padding"]),
+                        spec["parameterisation"],
+                        spec["alpha"],
+                        region_index,
+                    )
+                )
             elif kind == "pool":
-                layers.append(MinTimePool2d(tuple(spec["kernel"]), tuple(spec["stride"]),
-                                            torch.tensor(spec["sign"], dtype=torch.float64)))
+                layers.append(
+                    MinTimePool2d(
+                        tuple(spec["kernel"]),
+                        tuple(spec["stride"]),
+                        torch.tensor(spec["sign"], dtype=torch.float64),
+                    )
+                )
             else:
                 layers.append(nn.Flatten())
         snn = SNN(encoder, layers, torch.tensor(windows["deltas"], dtype=torch.float64), windows["t_start"])

@@ -91,6 +91,8 @@ def layer_jacobians(snn: SNN, z: Tensor, include_readout: bool = False) -> list[
     for i, layer in enumerate(snn.layers):
         if isinstance(layer, SpikingNeurons):
             readout = i == last
+            if readout and not include_readout:
+                break
             delta = 0.0 if readout else b[n + 1] - b[n]
             act = layer.activation(t, b[n - 1], b[n], delta)
             weight = dense_weight(layer, tuple(t.shape[1:]))

@@ -85,7 +85,7 @@ class SpikingNeurons(nn.Module):
             return delta - self.per_neuron(self.bias)
         return self.per_neuron(self.bias)
 
-    def activation(self, t_in: Tensor, t_min_in: Tensor, t_min: Tensor, delta: Tensor | float) -> Tensor:
+    def activation(self, t_in: Tensor, t_min_in: Tensor, t_min: Tensor, t_max: Tensor | None) -> Tensor:
         """t_max - t_unclipped: the equivalent ReLU pre-activation, from the closed-form spike time.
 
         An alpha1 neuron with slope B <= 0 never rises to threshold in phase 2: it is silent
@@ -98,16 +98,18 @@ class SpikingNeurons(nn.Module):
         slope = self.slope(x)
         rising = slope > 0
         potential = self.drive() * (t_min - t_min_in) + self.integrate(x)
-        value = (potential - self.per_neuron(self.bias)) / torch.where(rising, slope, 1.0) + delta
+        value = (potential - self.per_neuron(self.bias)) / torch.where(rising, slope, 1.0)
+        if t_max is not None:  # hidden layer: t_max - t = Delta - (theta - V) / B
+            value = value + (t_max - t_min)
         return torch.where(rising, value, -1.0)
 
     def forward(self, t_in: Tensor, t_min_in: Tensor, t_min: Tensor, t_max: Tensor) -> Tensor:
         """Spike times of this layer; silent neurons get exactly t_max."""
-        return t_max - F.relu(self.activation(t_in, t_min_in, t_min, t_max - t_min))
+        return t_max - F.relu(self.activation(t_in, t_min_in, t_min, t_max))
 
     def readout(self, t_in: Tensor, t_min_in: Tensor, t_min: Tensor) -> Tensor:
         """Logits of a non-spiking output layer: its potentials at t_read = t_min, in ReLU units."""
-        return self.activation(t_in, t_min_in, t_min, 0.0)
+        return self.activation(t_in, t_min_in, t_min, None)
 
     def nonpositive_slopes(self, like: Tensor) -> int:
         """Number of neurons (per sample) whose alpha1 slope B <= 0 makes them silent; 0 for B1."""

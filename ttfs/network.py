@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import InputEncoder, SpikingNeurons
@@ -77,7 +78,9 @@ class SNN(nn.Module):
             raise ValueError("an SNN needs at least one neuron layer (the readout)")
         if isinstance(layers[-1], SpikingNeurons) is False:
             raise ValueError(f"the last layer must be the readout neuron layer, got {type(layers[-1]).__name__}")
-        deltas = torch.as_tensor(deltas, dtype=torch.get_default_dtype())
+        deltas = torch.as_tensor(deltas)
+        if not deltas.is_floating_point():
+            deltas = deltas.to(torch.get_default_dtype())
         if deltas.shape != (len(neuron_layers),):
             raise ValueError(
                 f"need one window width per input/hidden layer ({len(neuron_layers)}), got {tuple(deltas.shape)}"
@@ -97,7 +100,7 @@ class SNN(nn.Module):
 
     def boundaries(self) -> Tensor:
         """t_min^(0), t_min^(1) = t_max^(0), ..., t_min^(N) = t_max^(N-1) (the readout time)."""
-        return self.t_start + torch.cat([self.deltas.new_zeros(1), self.deltas.cumsum(0)])
+        return self.t_start + F.pad(self.deltas.cumsum(0), (1, 0))
 
     def latency(self) -> Tensor:
         """t_min^(N) - t_min^(0): time from the first input spike window to the readout."""

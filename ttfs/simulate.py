@@ -75,8 +75,9 @@ def _per_neuron_theta(spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray])
     return theta[:, index].reshape(-1)
 
 
-def _cross(v: np.ndarray, slope: np.ndarray, theta: np.ndarray, t_a: float, t_b: float,
-           fire: np.ndarray) -> None:
+def _cross(
+    v: np.ndarray, slope: np.ndarray, theta: np.ndarray, t_a: float, t_b: float, fire: np.ndarray
+) -> None:
     """Record, for neurons not yet fired, a threshold crossing on the linear segment [t_a, t_b)."""
     waiting = np.isnan(fire) & (slope > 0) & (v < theta)
     if not waiting.any():
@@ -87,7 +88,9 @@ def _cross(v: np.ndarray, slope: np.ndarray, theta: np.ndarray, t_a: float, t_b:
     fire[hit] = t_cross[hit]
 
 
-def _neuron_layer(spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray], t_in: np.ndarray) -> dict[str, Any]:
+def _neuron_layer(
+    spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray], t_in: np.ndarray
+) -> dict[str, Any]:
     """Simulate one neuron layer for a batch of input spike times (batch, n_inputs)."""
     m = connectivity(spec, arrays)
     theta = _per_neuron_theta(spec, arrays)
@@ -154,9 +157,13 @@ def _pool(t: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     kh, kw = spec["kernel"]
     sh, sw = spec["stride"]
     _, oh, ow = spec["out_shape"]
-    windows = np.stack([
-        t[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] for i in range(kh) for j in range(kw)
-    ])
+    windows = np.stack(
+        [
+            t[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+            for i in range(kh)
+            for j in range(kw)
+        ]
+    )
     sign = np.asarray(spec["sign"]).reshape(1, -1, 1, 1)
     return np.where(sign > 0, windows.min(axis=0), windows.max(axis=0))
 
@@ -174,12 +181,15 @@ def simulate(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], t0: np.n
       layer (summed over the batch); ``phase1_mask``: list of boolean masks of phase-1 spikes.
     """
     if meta.get("format") != "ttfs-snn" or meta.get("version") != 1:
-        raise ValueError(f"not a ttfs-snn version-1 export: format={meta.get('format')!r}, "
-                         f"version={meta.get('version')!r}")
+        raise ValueError(
+            f"not a ttfs-snn version-1 export: format={meta.get('format')!r}, version={meta.get('version')!r}"
+        )
     t = np.asarray(t0, dtype=np.float64)
     in_shape = tuple(meta["input"]["in_shape"])
     if t.ndim != len(in_shape) + 1 or t.shape[1:] != in_shape:
-        raise ValueError(f"input times have shape {t.shape}, expected (batch, {', '.join(map(str, in_shape))})")
+        raise ValueError(
+            f"input times have shape {t.shape}, expected (batch, {', '.join(map(str, in_shape))})"
+        )
     batch = t.shape[0]
     result: dict[str, Any] = {"times": [], "layer_inputs": [], "potentials": [], "phase1_mask": []}
     spikes, violations, phase1 = [], [], []

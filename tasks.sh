@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# One entry point for people and CI:  ./tasks.sh test  |  ./tasks.sh repro [dvc args]  |  ./tasks.sh setup
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+
+setup() {
+    if [ ! -x .venv/bin/python ]; then
+        "$PYTHON" -m venv .venv
+    fi
+    local stamp=.venv/.installed
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+        .venv/bin/python -m pip install --quiet --upgrade pip
+        # The constraints file pins every tested version (torch 2.14.1 included); nothing newer is pulled in.
+        .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+        touch "$stamp"
+    fi
+}
+
+fashion_mnist() {
+    # Debian ships Fashion-MNIST; install it when missing and apt is usable (the default profile needs it).
+    if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
+    fi
+}
+
+case "${1:-}" in
+    setup) setup ;;
+    test)
+        shift
+        setup
+        .venv/bin/python -m pytest -m "not slow" "$@"
+        ;;
+    repro)
+        shift
+        setup
+        fashion_mnist
+        [ -d .git ] || git init -q
+        .venv/bin/dvc repro "$@"
+        ;;
+    *)
+        echo "usage: ./tasks.sh {setup|test [pytest args]|repro [dvc repro args]}" >&2
+        exit 2
+        ;;
+esac
