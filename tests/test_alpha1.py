@@ -12,7 +12,12 @@ from torch import nn
 
 import ttfs
 from ttfs.convert import _alpha1_rescale, _Flatten, _Neurons, _Pool, fold
-from ttfs.jacobian import cosine_similarity_to_relu, glorot_relu_mlp
+from ttfs.jacobian import (
+    alpha1_standard_snn,
+    cosine_similarity_to_relu,
+    equivalent_relu_parameters,
+    glorot_relu_mlp,
+)
 
 F64 = torch.float64
 MARGIN = 0.5  # convert()'s default alpha1_margin
@@ -108,7 +113,7 @@ def test_alpha1_conversion_reproduces_relu_logits(widths, seed, in_range, input_
     assert int(record.causality_violations().sum()) == 0
     # alpha1 weights are not the ReLU weights: W = alpha w / (1 - sum_k w_k) and B = alpha + sum W != 1
     first = snn.neuron_layers[0]
-    assert float((first.slope(z) - 1).abs().max()) > 1e-3
+    assert float((first.slope(z).detach() - 1).abs().max()) > 1e-3
     # the hidden activations x = t_max - t equal the ReLU activations of the rescaled network
     assert all(bool((x >= 0).all()) for x in record.activations())
 
@@ -116,7 +121,7 @@ def test_alpha1_conversion_reproduces_relu_logits(widths, seed, in_range, input_
 def test_alpha1_rescale_keeps_the_function():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 2), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(16, 9), nn.ReLU(), nn.Linear(9, 3)).to(F64)
+                          nn.Flatten(), nn.Linear(36, 9), nn.ReLU(), nn.Linear(9, 3)).to(F64)
     with torch.no_grad():
         for m in model:
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -209,7 +214,7 @@ def test_alpha1_conv_with_padding_raises():
 def test_alpha1_valid_conv_conversion_is_exact():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 3, 2), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(12, 3)).to(F64)
+                          nn.Flatten(), nn.Linear(27, 3)).to(F64)
     make_readout_safe(model, (2, 10, 10))
     z = torch.rand(40, 2, 10, 10, dtype=F64)
     snn = ttfs.convert(model, z, parameterisation="alpha1")
@@ -223,18 +228,19 @@ def test_alpha1_valid_conv_conversion_is_exact():
 # ------------------------------------------------------------------------------------------------
 def hand_network(parameterisation: str, t_start: float = 0.0) -> ttfs.SNN:
     """3 inputs -> 2 hidden neurons -> 1 readout; windows [0,1] (input), [1,2] (hidden), readout at 2."""
-    hidden = ttfs.SpikingLinear(3, 2, parameterisation)
-    readout = ttfs.SpikingLinear(2, 1, parameterisation)
+    hidden = ttfs.SpikingLinear(3, 2, parameterisation).to(F64)
+    readout = ttfs.SpikingLinear(2, 1, parameterisation).to(F64)
     with torch.no_grad():
-        hidden.weight.copy_(torch.tensor([[4.0, -6.0, 2.5], [4.0, -6.0, 2.5]]))
-        readout.weight.copy_(torch.tensor([[0.5, -0.25]]))
+        hidden.weight.copy_(torch.tensor([[4.0, -6.0, 2.5], [4.0, -6.0, 2.5]], dtype=F64))
+        readout.weight.copy_(torch.tensor([[0.5, -0.25]], dtype=F64))
         if parameterisation == "alpha1":
-            hidden.bias.copy_(torch.tensor([[1.0], [1.2]]))  # thresholds theta
-            readout.bias.copy_(torch.tensor([[0.5]]))
+            hidden.bias.copy_(torch.tensor([[1.0], [1.2]], dtype=F64))  # thresholds theta
+            readout.bias.copy_(torch.tensor([[0.5]], dtype=F64))
         else:
-            hidden.bias.copy_(torch.tensor([[0.3], [-0.95]]))  # D (= ReLU bias)
-            readout.bias.copy_(torch.tensor([[0.1]]))
-    return ttfs.SNN(ttfs.InputEncoder((3,)), [hidden, readout], torch.tensor([1.0, 1.0]), t_start).to(F64)
+            hidden.bias.copy_(torch.tensor([[0.3], [-0.95]], dtype=F64))  # D (= ReLU bias)
+            readout.bias.copy_(torch.tensor([[0.1]], dtype=F64))
+    encoder = ttfs.InputEncoder((3,)).to(F64)
+    return ttfs.SNN(encoder, [hidden, readout], torch.tensor([1.0, 1.0], dtype=F64), t_start).to(F64)
 
 
 # input values x = (0.9, 0.7, 0.2) -> spike times t0 = t_max0 - x = (0.1, 0.3, 0.8)
@@ -341,7 +347,9 @@ def test_alpha1_training_trajectory_departs_from_relu():
     assert cosine_similarity_to_relu(b1, relu, include_bias=True) == pytest.approx(1.0, abs=1e-13)
 
     models = {"relu": relu, "alpha1": alpha1, "b1": b1}
-    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
+    # lr 1e-4 keeps every alpha1 slope B > 0 here, so the plain reverse map (snn.relu_parameters) exists
+    # throughout; at 5e-4 or 1e-3 some alpha1 readout slopes cross 0 within 200 steps (the neuron dies).
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in models.items()}
     first_loss = {}
     for step in range(200):
         idx = torch.randint(0, data.shape[0], (32,), generator=g)
@@ -350,10 +358,14 @@ def test_alpha1_training_trajectory_departs_from_relu():
             loss = F.cross_entropy(m(data[idx]), labels[idx])
             loss.backward()
             opts[k].step()
-            first_loss.setdefault(k, float(loss))
+            first_loss.setdefault(k, float(loss.detach()))
     with torch.no_grad():
         final_loss = {k: float(F.cross_entropy(m(data), labels)) for k, m in models.items()}
     cos_alpha1 = cosine_similarity_to_relu(alpha1, relu)
+    # the helper used snn.relu_parameters() (no B <= 0 neuron): check against it by hand
+    w_snn = torch.cat([w.reshape(-1) for w, _ in alpha1.relu_parameters()])
+    w_relu = torch.cat([m.weight.detach().reshape(-1) for m in relu if isinstance(m, nn.Linear)])
+    assert cos_alpha1 == pytest.approx(float(w_snn @ w_relu / (w_snn.norm() * w_relu.norm())), abs=1e-14)
     cos_b1 = cosine_similarity_to_relu(b1, relu)
     print(f"\ncosine similarity to the ReLU weights after 200 Adam steps: alpha1 {cos_alpha1:.10f} "
           f"(1 - cos = {1 - cos_alpha1:.3e}), B1 {cos_b1:.15f} (1 - cos = {1 - cos_b1:.3e}); "
@@ -362,3 +374,24 @@ def test_alpha1_training_trajectory_departs_from_relu():
     assert cos_b1 > 1 - 1e-9  # B1 follows the ReLU trajectory step for step
     assert cos_alpha1 < 1 - 1e-6  # alpha1 does not
     assert cos_alpha1 < cos_b1
+
+
+def test_equivalent_relu_parameters_cover_dead_alpha1_neurons():
+    """alpha1 neurons with B <= 0 compute constants (x = 0 hidden, logit -1 readout): w = 0 reproduces them."""
+    g = torch.Generator().manual_seed(2)
+    z = torch.rand(64, 10, generator=g, dtype=F64)
+    snn = alpha1_standard_snn([10, 24, 24, 6], z, g)
+    with torch.no_grad():
+        snn.neuron_layers[-1].weight[0] = -1.0  # make sure one readout neuron is dead too
+        record = snn.run(z)
+    assert sum(layer.nonpositive_slopes(x) for layer, x in zip(snn.neuron_layers, record.layer_inputs,
+                                                               strict=True)) >= 3
+    with pytest.raises(ValueError, match="slope B <= 0"):
+        snn.relu_parameters()
+    params = equivalent_relu_parameters(snn)
+    x = z
+    for k, (w, b) in enumerate(params):
+        y = x @ w.t() + b[:, 0]
+        x = torch.relu(y) if k < len(params) - 1 else y
+    assert_logits_close(x, record.logits)
+    torch.testing.assert_close(record.logits[:, 0], torch.full((64,), -1.0, dtype=F64), rtol=0, atol=0)

@@ -356,11 +356,41 @@ def _relu_affine(relu_model: nn.Module) -> list[tuple[Tensor, Tensor | None]]:
 
 
 @torch.no_grad()
+def equivalent_relu_parameters(snn: SNN) -> list[tuple[Tensor, Tensor]]:
+    """(w, b) of the equivalent ReLU network, like :meth:`SNN.relu_parameters`, but total for alpha1.
+
+    :meth:`SNN.relu_parameters` refuses alpha1 neurons with slope B <= 0. Such neurons compute a
+    constant (the core makes them silent): a hidden one outputs x = 0, whose exact ReLU equivalent is
+    w = 0, b = 0; a readout one outputs the constant logit -1 (see :meth:`SpikingNeurons.activation`),
+    i.e. w = 0, b = -1. This returns those rows and the ordinary reverse map for all other neurons, so it
+    also works for alpha1 networks trained into (or initialised with) B <= 0 neurons.
+    """
+    widths = snn.deltas.detach().tolist() + [0.0]
+    layers = snn.neuron_layers
+    out = []
+    for n, layer in enumerate(layers):
+        weight, bias = layer.weight.detach(), layer.bias.detach()
+        slope = layer.alpha + weight.flatten(1).sum(1)
+        dead = slope <= 0
+        if layer.is_b1 or layer.has_padding or not bool(dead.any()):
+            out.append(layer.relu_equivalent(widths[n], widths[n + 1]))
+            continue
+        safe = torch.where(dead, 1.0, slope)
+        w = weight / safe.reshape(-1, *(1,) * (weight.ndim - 1))
+        w[dead] = 0.0
+        b = widths[n + 1] - (bias - layer.alpha * widths[n]) / safe[:, None]
+        b[dead] = -1.0 if n == len(layers) - 1 else 0.0
+        out.append((w, b))
+    return out
+
+
+@torch.no_grad()
 def cosine_similarity_to_relu(snn: SNN, relu_model: nn.Module, include_bias: bool = False) -> float:
     """Cosine similarity between the SNN's reverse-mapped weights and a ReLU network's weights.
 
     The SNN's equivalent ReLU weights w (``snn.relu_parameters()``, i.e. what :func:`ttfs.to_relu`
-    puts into its Linear/Conv2d layers, acting on inputs scaled to [0, 1] * Delta^(0)) of all layers are
+    puts into its Linear/Conv2d layers, acting on inputs scaled to [0, 1] * Delta^(0); alpha1 neurons with
+    B <= 0 count as w = 0, see :func:`equivalent_relu_parameters`) of all layers are
     flattened and concatenated, likewise the weights of the Linear/Conv2d modules of ``relu_model`` in
     module order; the result is <a, b> / (|a| |b|) as a Python float (computed in float64). With
     ``include_bias`` the biases are appended too (only for single-region layers; a missing ReLU bias
@@ -368,7 +398,7 @@ def cosine_similarity_to_relu(snn: SNN, relu_model: nn.Module, include_bias: boo
     gradient descent on the ReLU network, so identical training keeps this at 1 (up to rounding); for
     alpha1 it does not.
     """
-    snn_params = snn.relu_parameters()
+    snn_params = equivalent_relu_parameters(snn)
     relu_params = _relu_affine(relu_model)
     if len(snn_params) != len(relu_params):
         raise ValueError(

@@ -89,6 +89,8 @@ class SNN(nn.Module):
             raise ValueError(f"window widths must be positive, got {deltas.tolist()}")
         self.register_buffer("deltas", deltas.clone())
         self.register_buffer("t_start", torch.tensor(float(t_start), dtype=deltas.dtype))
+        # Optional hardware constraints on emitted spikes (ttfs.constraints); None = exact network.
+        self.spike_constraints: nn.Module | None = None
 
     @property
     def neuron_layers(self) -> list[SpikingNeurons]:
@@ -125,6 +127,9 @@ class SNN(nn.Module):
     def propagate(self, t0: Tensor, b: Tensor) -> SpikeRecord:
         times: list[Tensor] = []
         inputs: list[Tensor] = []
+        constrain = self.spike_constraints
+        if constrain is not None:
+            t0 = constrain(t0, b[0], b[1])
         n = 1
         t = t0
         last = len(self.layers) - 1
@@ -137,6 +142,8 @@ class SNN(nn.Module):
                 logits = layer.readout(t, b[n - 1], b[n])
                 return SpikeRecord(logits, t0, times, inputs, b)
             t = layer(t, b[n - 1], b[n], b[n + 1])
+            if constrain is not None:
+                t = constrain(t, b[n], b[n + 1])
             times.append(t)
             n += 1
         raise AssertionError("unreachable: the constructor checks the readout is last")
@@ -149,9 +156,10 @@ class SNN(nn.Module):
         """SPEC 2.8: Delta^(n) <- max(Delta^(n), kappa * max_batch x^(n)) for every hidden layer.
 
         The B1 function does not depend on the windows, so this keeps spikes causal without changing
-        what the network computes. (alpha1 windows enter its function and are left alone.)
+        what the network computes. alpha1 windows enter its function, and windows under hardware
+        constraints are set explicitly (SPEC 2.8): both are left alone.
         """
-        if self.parameterisation != "b1":
+        if self.parameterisation != "b1" or self.spike_constraints is not None:
             return
         b = record.boundaries
         for n, t in enumerate(record.times, start=1):

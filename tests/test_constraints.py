@@ -1,0 +1,127 @@
+"""Hardware constraints: jitter, time steps, weight bits and latency act as documented."""
+
+import pytest
+import torch
+from torch import nn
+
+import ttfs
+from ttfs.constraints import (
+    FakeQuantise,
+    SpikeTimeConstraints,
+    constrain_spike_times,
+    quantise_weights,
+    reduce_latency,
+    set_input_window,
+    tighten_windows,
+)
+from ttfs.train import TensorBatches, train_epoch
+
+
+@pytest.fixture
+def network():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 20), nn.ReLU(), nn.Linear(20, 20), nn.ReLU(),
+                          nn.Linear(20, 4)).double()
+    inputs = torch.rand(200, 1, 4, 4, dtype=torch.float64)
+    return model, ttfs.convert(model, inputs), inputs
+
+
+def test_saturation_only_keeps_the_exact_function_when_windows_are_wide(network):
+    model, snn, inputs = network
+    constrain_spike_times(snn)
+    with torch.no_grad():
+        assert (snn(inputs) - model(inputs)).abs().max() <= 1e-12
+
+
+def test_jitter_moves_only_spiking_neurons_and_stays_in_the_window(network):
+    _, snn, inputs = network
+    t_min, t_max = torch.tensor(1.0, dtype=torch.float64), torch.tensor(3.0, dtype=torch.float64)
+    times = torch.full((20000,), 2.0, dtype=torch.float64)
+    times[::2] = t_max  # silent
+    jittered = SpikeTimeConstraints(jitter=0.1, seed=0)(times, t_min, t_max)
+    assert torch.equal(jittered[::2], times[::2])
+    assert float(jittered[1::2].std()) == pytest.approx(0.1, rel=0.05)
+    assert abs(float(jittered[1::2].mean()) - 2.0) < 0.005
+
+    exact = snn.run(inputs)
+    constrain_spike_times(snn, jitter=0.05, seed=1)
+    noisy = snn.run(inputs)
+    b = noisy.boundaries
+    for n, t in enumerate(noisy.times, start=1):
+        assert bool(((t >= b[n]) & (t <= b[n + 1])).all())
+    assert not torch.equal(noisy.logits, exact.logits)
+    constrain_spike_times(snn, jitter=0.05, seed=1)
+    assert torch.equal(snn.run(inputs).logits, noisy.logits)  # a seed reproduces the jitter
+
+
+def test_time_steps_snap_to_the_grid_and_converge_with_k(network):
+    model, snn, inputs = network
+    errors = []
+    for k in (4, 16, 256):
+        constrain_spike_times(snn, time_steps=k)
+        record = snn.run(inputs)
+        b = record.boundaries
+        for n, t in enumerate([record.input_times, *record.times]):
+            step = (b[n + 1] - b[n]) / k
+            position = (t - b[n]) / step
+            assert (position - position.round()).abs().max() <= 1e-9
+            assert bool((t >= b[n]).all())
+        with torch.no_grad():
+            errors.append(float((record.logits - model(inputs)).abs().max()))
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.05 * errors[0]
+
+
+def test_weight_quantisation_levels_and_straight_through_gradient(network):
+    _, snn, inputs = network
+    quantise_weights(snn, bits=4)
+    for layer in snn.neuron_layers:
+        assert layer.weight.unique().numel() <= 2**4 - 1
+    labels = torch.randint(0, 4, (len(inputs),))
+    opt = torch.optim.Adam(snn.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in snn.parameters()]
+    train_epoch(snn, TensorBatches(inputs, labels, 20), opt)
+    assert any(not torch.equal(p, q) for p, q in zip(snn.parameters(), before, strict=True))
+    quantise_weights(snn, None)
+    assert all(not hasattr(layer, "parametrizations") for layer in snn.neuron_layers)
+
+
+def test_input_window_change_is_exact_and_latency_reduction_saturates(network):
+    model, snn, inputs = network
+    set_input_window(snn, 0.25)
+    with torch.no_grad():
+        assert (snn(inputs) - model(inputs)).abs().max() <= 1e-12
+    latency = float(snn.latency())
+    reduce_latency(snn, 4.0)
+    assert float(snn.latency()) == pytest.approx(latency / 4)
+    record = snn.run(inputs)
+    assert int(record.causality_violations().sum()) == 0  # saturated, not early
+
+
+def test_tight_windows_from_quantile(network):
+    _, snn, inputs = network
+    tighten_windows(snn, inputs, quantile=0.9)
+    record = snn.run(inputs)
+    saturated = [(x >= snn.deltas[n] - 1e-12).double().mean() for n, x in enumerate(record.activations(), 1)]
+    assert all(0.0 < float(s) < 0.3 for s in saturated)
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda snn: constrain_spike_times(snn, jitter=-0.1), "jitter sigma must be >= 0"),
+        (lambda snn: constrain_spike_times(snn, time_steps=1), "time_steps must be >= 2"),
+        (lambda snn: quantise_weights(snn, bits=1), "bit-width must be >= 2"),
+        (lambda snn: reduce_latency(snn, 0.5), "factor must be >= 1"),
+    ],
+)
+def test_bad_constraint_values_are_rejected(network, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(network[1])
+
+
+def test_fake_quantise_percentile_range_clips_outliers():
+    weight = torch.cat([torch.linspace(-1, 1, 999), torch.tensor([50.0])]).double()
+    quantised = FakeQuantise(bits=3, percentile=99.0)(weight)
+    assert quantised.abs().max() <= 1.0 + 1e-9
+    assert quantised.unique().numel() <= 7

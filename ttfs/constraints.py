@@ -1,0 +1,185 @@
+"""Hardware constraints (SPEC 5): spike-time jitter, time steps per window, weight bit-width, latency.
+
+Each constraint works for evaluation and for fine-tuning (gradients pass straight through the
+rounding steps). Spike-time constraints act on every emitted spike, input spikes included:
+
+1. jitter: t <- t + N(0, sigma^2) for spiking neurons; silent neurons stay silent;
+2. saturation: t is clipped into its window [t_min, t_max]; a spike pushed to t_max is lost
+   (silent), a spike before t_min is registered at t_min (the activation saturates at Delta);
+3. time steps: the window is divided into K steps of Delta / K and t snaps to the *nearest* grid
+   point t_min + k Delta / K, k = 0..K (ties away from zero); landing on t_max (k = K) means silent.
+   Rounding cannot move a spike before t_min because saturation came first.
+
+Weights are fake-quantised per layer, symmetric and uniform: scale = range / (2^(b-1) - 1) with the
+range the largest |W| (or a percentile of |W|), W_q = clip(round(W / scale)) * scale. Thresholds
+(biases) keep full precision. Latency is reduced by shrinking the windows (a factor, or a quantile of
+the activations); values above the new Delta saturate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .network import SNN
+
+
+def _straight_through(value: Tensor, rounded: Tensor) -> Tensor:
+    """Forward: ``rounded``; backward: identity (the straight-through estimator)."""
+    return value + (rounded - value).detach()
+
+
+class SpikeTimeConstraints(nn.Module):
+    """Jitter, saturation and time quantisation applied to the spikes of every window."""
+
+    def __init__(self, jitter: float = 0.0, time_steps: int | None = None, seed: int | None = None):
+        super().__init__()
+        if jitter < 0:
+            raise ValueError(f"jitter sigma must be >= 0, got {jitter}")
+        if time_steps is not None and time_steps < 2:
+            raise ValueError(f"time_steps must be >= 2 (steps per window), got {time_steps}")
+        self.jitter = float(jitter)
+        self.time_steps = time_steps
+        self.generator: torch.Generator | None = None
+        self.seed = seed
+
+    def reseed(self, seed: int, device: torch.device | str = "cpu") -> None:
+        """Make the jitter reproducible (one generator per evaluation seed)."""
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def forward(self, t: Tensor, t_min: Tensor, t_max: Tensor) -> Tensor:
+        spiking = t < t_max
+        if self.jitter > 0:
+            if self.generator is None and self.seed is not None:
+                self.reseed(self.seed, t.device)
+            noise = torch.randn(t.shape, generator=self.generator, device=t.device, dtype=t.dtype)
+            t = torch.where(spiking, t + self.jitter * noise, t)
+        t = torch.minimum(torch.maximum(t, t_min), t_max)
+        if self.time_steps is not None:
+            step = (t_max - t_min) / self.time_steps
+            k = torch.round((t - t_min) / step)
+            t = _straight_through(t, t_min + k * step)
+            t = torch.where(k >= self.time_steps, t_max, t)  # exactly silent, not t_max +- rounding
+        return t
+
+    def extra_repr(self) -> str:
+        return f"jitter={self.jitter}, time_steps={self.time_steps}"
+
+
+class FakeQuantise(nn.Module):
+    """b-bit symmetric uniform fake quantisation with a straight-through gradient (a parametrization)."""
+
+    def __init__(self, bits: int, percentile: float = 100.0):
+        super().__init__()
+        if bits < 2:
+            raise ValueError(f"weight bit-width must be >= 2, got {bits}")
+        if not 0 < percentile <= 100:
+            raise ValueError(f"weight range percentile must be in (0, 100], got {percentile}")
+        self.bits = int(bits)
+        self.percentile = float(percentile)
+
+    def scale(self, weight: Tensor) -> Tensor:
+        magnitude = weight.detach().abs()
+        if self.percentile < 100:
+            value_range = torch.quantile(magnitude.flatten().float(), self.percentile / 100).to(weight.dtype)
+        else:
+            value_range = magnitude.max()
+        levels = 2 ** (self.bits - 1) - 1
+        return torch.clamp(value_range, min=torch.finfo(weight.dtype).tiny) / levels
+
+    def forward(self, weight: Tensor) -> Tensor:
+        scale = self.scale(weight)
+        levels = 2 ** (self.bits - 1) - 1
+        return _straight_through(weight, torch.clamp(torch.round(weight / scale), -levels, levels) * scale)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, percentile={self.percentile}"
+
+
+def quantise_weights(snn: SNN, bits: int | None, percentile: float = 100.0) -> SNN:
+    """Fake-quantise the weights of every neuron layer in place (``bits=None`` removes it)."""
+    for layer in snn.neuron_layers:
+        if parametrize.is_parametrized(layer, "weight"):
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+        if bits is not None:
+            parametrize.register_parametrization(layer, "weight", FakeQuantise(bits, percentile))
+    return snn
+
+
+def constrain_spike_times(snn: SNN, jitter: float = 0.0, time_steps: int | None = None,
+                          seed: int | None = None) -> SNN:
+    """Attach spike-time constraints to ``snn`` in place; with no jitter and no steps only saturation.
+
+    ``snn.spike_constraints = None`` returns to the exact, unconstrained network.
+    """
+    snn.spike_constraints = SpikeTimeConstraints(jitter, time_steps, seed)
+    return snn
+
+
+def set_input_window(snn: SNN, delta0: float) -> None:
+    """Change Delta^(0) and rescale the first layer's weights so the network function is unchanged."""
+    if delta0 <= 0:
+        raise ValueError(f"input window must be positive, got {delta0}")
+    first = snn.neuron_layers[0]
+    if first.parameterisation != "b1":
+        raise ValueError("input-window rescaling is defined for B1 networks")
+    with torch.no_grad():
+        ratio = snn.deltas[0] / delta0
+        weight = first.weight if not parametrize.is_parametrized(first, "weight") else \
+            first.parametrizations.weight.original
+        weight.mul_(ratio)
+        snn.deltas[0] = delta0
+
+
+@torch.no_grad()
+def activation_quantiles(snn: SNN, data: Iterable | Tensor, quantile: float, batch_size: int = 1000) -> Tensor:
+    """Per hidden layer, the ``quantile`` of its positive activations on ``data`` (raw inputs)."""
+    per_layer: list[list[Tensor]] = [[] for _ in snn.neuron_layers[:-1]]
+    batches = data.split(batch_size) if isinstance(data, Tensor) else (
+        b[0] if isinstance(b, (tuple, list)) else b for b in data)
+    saved, snn.spike_constraints = snn.spike_constraints, None
+    try:
+        for z in batches:
+            for values, x in zip(per_layer, snn.run(z.to(snn.deltas.device, snn.deltas.dtype)).activations(),
+                                 strict=True):
+                values.append(x[x > 0].float().cpu())
+    finally:
+        snn.spike_constraints = saved
+    result = []
+    for values in per_layer:
+        positive = torch.cat(values)
+        if positive.numel() > 2**24:  # torch.quantile's input limit; a random subset is plenty
+            positive = positive[torch.randperm(positive.numel(), generator=torch.Generator().manual_seed(0))[:2**24]]
+        result.append(torch.quantile(positive, quantile) if positive.numel() else torch.tensor(1.0))
+    return torch.stack(result).to(snn.deltas.dtype)
+
+
+def tighten_windows(snn: SNN, data: Iterable | Tensor, quantile: float = 0.999) -> None:
+    """Set every hidden window Delta^(n) to a high quantile of its activations (for K time steps)."""
+    if not 0 < quantile <= 1:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+    widths = activation_quantiles(snn, data, quantile)
+    with torch.no_grad():
+        snn.deltas[1:] = torch.where(widths > 0, widths, snn.deltas[1:])
+    if snn.spike_constraints is None:
+        constrain_spike_times(snn)
+
+
+def reduce_latency(snn: SNN, factor: float) -> None:
+    """Shrink every window (the input window too, exactly) by ``factor``; activations above saturate."""
+    if factor < 1:
+        raise ValueError(f"latency reduction factor must be >= 1, got {factor}")
+    set_input_window(snn, float(snn.deltas[0]) / factor)
+    with torch.no_grad():
+        snn.deltas[1:] /= factor
+    if snn.spike_constraints is None:
+        constrain_spike_times(snn)
+
+
+__all__ = [
+    "FakeQuantise", "SpikeTimeConstraints", "activation_quantiles", "constrain_spike_times", "quantise_weights",
+    "reduce_latency", "set_input_window", "tighten_windows",
+]
