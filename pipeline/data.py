@@ -338,8 +338,11 @@ def _save_tensors(path: Path, split: Split) -> str:
     return sha256_file(path)
 
 
-def prepare(name: str, params, out_dir: Path, download_dir: Path) -> dict:
-    """Write out_dir/{train.pt, test.pt, meta.json} for dataset ``name``; returns the metadata."""
+def prepare(name: str, params, out_dir: Path, download_dir: Path) -> tuple[dict, str]:
+    """Write out_dir/{train.pt, test.pt, meta.json} for dataset ``name``; returns (metadata, source).
+
+    The source stays out of meta.json: the same data found elsewhere must give identical outputs.
+    """
     spec = SPECS[name]
     if spec.kind == "places365":
         raise NotImplementedError(
@@ -368,7 +371,6 @@ def prepare(name: str, params, out_dir: Path, download_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "dataset": name,
-        "source": source,
         "raw_sha256": checksums,
         "in_shape": list(train.pixels.shape[1:]),
         "num_classes": len(classes),
@@ -381,7 +383,7 @@ def prepare(name: str, params, out_dir: Path, download_dir: Path) -> dict:
         "sha256": {f"{s}.pt": _save_tensors(out_dir / f"{s}.pt", splits[s]) for s in ("train", "test")},
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
+    return meta, source
 
 
 @dataclass

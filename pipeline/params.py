@@ -107,7 +107,8 @@ class FinetuneParams:
     l1: float = field(default=0.0, metadata={"min": 0.0})
     kappa: float = field(default=10.0, metadata={"gt": 0.0})
     adapt_windows: bool = True
-    zeta: float = field(default=0.5, metadata={"min": 0.0})
+    zeta: float = field(default=0.5, metadata={"min": 0.0})  # initial windows in scratch mode
+    calibration_samples: int | None = field(default=None, metadata={"min": 1})  # scratch mode
     eval_batch_size: int = field(default=1000, metadata={"min": 1})
 
 
@@ -391,12 +392,12 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): d}
 
 
-def resolve_device(spec: str):
+def resolve_device(spec: str, path: str = "device"):
     """``auto`` is CUDA when available; an explicit ``cuda`` without one is an error, not a silent CPU run."""
     import torch
 
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ParamsError(f"device: {spec!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+        raise ParamsError(f"{path}: {spec!r} requested but CUDA is not available; use 'auto' or 'cpu'")
     return torch.device(spec)

@@ -310,6 +310,25 @@ def test_phase1_spikes_on_random_layers_match_a_time_grid():
     assert torch.equal(mask, brute)
 
 
+def test_phase1_spikes_of_a_conv_layer_match_a_time_grid():
+    """Same brute force for a 'valid' alpha1 convolution (several output positions per sample)."""
+    g = torch.Generator().manual_seed(12)
+    layer = ttfs.SpikingConv2d(2, 3, 2, parameterisation="alpha1").to(F64)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(3, 2, 2, 2, generator=g, dtype=F64) * 3)
+        layer.bias.copy_(torch.rand(3, 1, generator=g, dtype=F64) * 3)
+    t_in = torch.rand(10, 2, 4, 4, generator=g, dtype=F64)
+    t0, t1 = torch.tensor(0.0, dtype=F64), torch.tensor(1.0, dtype=F64)
+    mask = layer.phase1_spikes(t_in, t0, t1)  # (batch, 3, 3, 3)
+    patches = F.unfold(t_in, 2).transpose(1, 2)  # (batch, 9 positions, 8 taps)
+    grid = torch.linspace(0, 1, 20001, dtype=F64)
+    arrived = (grid[None, None, :, None] - patches[:, :, None, :]).clamp(min=0)  # (b, pos, grid, taps)
+    v = grid[None, None, :, None] + arrived @ layer.weight.detach().reshape(3, -1).t()  # (b, pos, grid, out)
+    brute = (v >= layer.bias.detach()[:, 0]).any(dim=2).transpose(1, 2).reshape(mask.shape)
+    assert 0 < int(mask.sum()) < mask.numel()
+    assert torch.equal(mask, brute)
+
+
 def test_b1_converted_network_reports_zero_phase1_spikes():
     model = fc_net([6, 8, 8, 3], 4)
     z = torch.rand(64, 6, dtype=F64)
@@ -351,7 +370,7 @@ def test_alpha1_training_trajectory_departs_from_relu():
     # throughout; at 5e-4 or 1e-3 some alpha1 readout slopes cross 0 within 200 steps (the neuron dies).
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in models.items()}
     first_loss = {}
-    for step in range(200):
+    for _ in range(200):
         idx = torch.randint(0, data.shape[0], (32,), generator=g)
         for k, m in models.items():
             opts[k].zero_grad()

@@ -77,7 +77,8 @@ def layer_jacobians(snn: SNN, z: Tensor, include_readout: bool = False) -> list[
 
     ``z`` are raw inputs (as for ``snn(z)``). J^(1) is taken w.r.t. the input spike times t^(0); "in" is
     the flattened output of the previous neuron layer (pooling/flatten in between are folded in), "out"
-    the flattened output of layer n. With ``include_readout`` a last block dlogits/dx^(N-1) =
+    the flattened output of layer n. The network is taken as exact: ``snn.spike_constraints``
+    (jitter, quantisation) are not applied. With ``include_readout`` a last block dlogits/dx^(N-1) =
     diag(1/B) W (= -dlogits/dt^(N-1), no mask: the readout does not spike) is appended, so that the
     product of all blocks is dlogits/dx^(0), the input-output Jacobian of the equivalent ReLU network.
     """
@@ -93,8 +94,7 @@ def layer_jacobians(snn: SNN, z: Tensor, include_readout: bool = False) -> list[
             readout = i == last
             if readout and not include_readout:
                 break
-            delta = 0.0 if readout else b[n + 1] - b[n]
-            act = layer.activation(t, b[n - 1], b[n], delta)
+            act = layer.activation(t, b[n - 1], b[n], None if readout else b[n + 1])
             weight = dense_weight(layer, tuple(t.shape[1:]))
             if layer.is_b1:
                 scaled = weight
@@ -242,7 +242,8 @@ def alpha1_standard_snn(widths: list[int], calibration: Tensor, generator: torch
     """alpha1 SNN whose weights W are drawn directly with Glorot uniform (standard alpha1 init, SPEC 2.4).
 
     Thresholds and windows are set layer by layer from ``calibration`` (raw inputs in [0, 1], input
-    window [0, 1]): with V_i the potential at t_min^(n) on each calibration sample and m_i its median,
+    window [0, 1]): with V_i the potential at t_min^(n) on each calibration sample and m_i its median
+    (the midpoint of the two middle values, so no sample sits exactly on the threshold),
     theta_i = m_i + B_i Delta^(n). Then x_i = t_max - t_i = (V_i - m_i) / B_i, independent of Delta^(n):
     each neuron with B_i > 0 spikes on about half of the calibration samples (those with V_i > m_i).
     Neurons with B_i <= 0 are silent by design (theta_i = m_i for them). Delta^(n) = (1 + zeta) X_n with
@@ -268,7 +269,7 @@ def alpha1_standard_snn(widths: list[int], calibration: Tensor, generator: torch
         if k == n_layers - 1:
             theta = torch.full((fan_out,), alpha * deltas[-1], dtype=dtype)
         else:
-            median = potential.median(dim=0).values
+            median = _midpoint_median(potential)
             rising = slope > 0
             x = torch.where(rising, F.relu((potential - median) / torch.where(rising, slope, 1.0)), 0.0)
             peak = float(x.max())
@@ -280,6 +281,16 @@ def alpha1_standard_snn(widths: list[int], calibration: Tensor, generator: torch
             layer.bias.copy_(theta[:, None])
         layers.append(layer)
     return SNN(encoder, layers, torch.tensor(deltas, dtype=dtype)).to(dtype)
+
+
+def _midpoint_median(v: Tensor) -> Tensor:
+    """Per column, the midpoint between the two middle order statistics: a median that no sample hits
+    exactly (unless values tie), so no calibration sample sits on a neuron's threshold (the ReLU kink)."""
+    if v.shape[0] < 2:
+        return v[0] - 1.0
+    s = v.sort(dim=0).values
+    k = v.shape[0] // 2
+    return (s[k - 1] + s[k]) / 2
 
 
 def init_snn(widths: list[int], init: str, calibration: Tensor, seed: int = 0, alpha: float = 1.0,

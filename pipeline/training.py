@@ -1,0 +1,84 @@
+"""The epoch loop shared by pretrain (ReLU) and finetune (B1 SNN): checkpointed, resumable, tracked.
+
+A resumed run restores model, optimiser, scheduler and every RNG stream from the checkpoint of the
+last finished epoch, so it ends with exactly the metrics of an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ttfs.train import TensorBatches, evaluate, exponential_decay, train_epoch
+
+from . import checkpoint
+from .params import FinetuneParams, PretrainParams
+from .tracking import StageRun
+
+CURVE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr")
+
+
+def optimizer_for(model: nn.Module, p: PretrainParams | FinetuneParams):
+    """The optimiser and the paper's step decay (x lr_decay every decay_steps steps)."""
+    if p.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=0.9, weight_decay=p.weight_decay)
+    return opt, exponential_decay(opt, p.lr_decay, p.decay_steps)
+
+
+def fit(
+    model: nn.Module,
+    train: TensorBatches,
+    test: TensorBatches,
+    p: PretrainParams | FinetuneParams,
+    ckpt_path: Path,
+    state: dict | None,
+    run: StageRun,
+    desc: str,
+) -> list[dict]:
+    """Train for ``p.epochs`` epochs from ``state`` (a loaded checkpoint) or from scratch; returns the curve.
+
+    After every epoch the test metrics go to MLflow and a checkpoint is written. DivergenceError from
+    :func:`ttfs.train.train_epoch` propagates; the previous epoch's checkpoint stays in place.
+    """
+    opt, scheduler = optimizer_for(model, p)
+    history: list[dict] = []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoint.restore_rng(state["rng"], train.generator)
+        history = state["history"]
+        print(f"{desc}: resuming after epoch {len(history)} from {ckpt_path}", file=sys.stderr)
+        if not run.resumed:  # the checkpoint's run is gone (other tracking store): replay its curve
+            for row in history:
+                run.log_metrics(_metrics(row), step=row["epoch"])
+    kwargs = {"l1": p.l1}
+    if isinstance(p, FinetuneParams):
+        kwargs |= {"kappa": p.kappa, "adapt_windows": p.adapt_windows}
+    for epoch in range(len(history) + 1, p.epochs + 1):
+        batches = tqdm(train, total=len(train), desc=f"{desc} epoch {epoch}/{p.epochs}", unit="batch",
+                       mininterval=2.0, leave=False, file=sys.stderr)
+        stats = train_epoch(model, batches, opt, scheduler=scheduler, **kwargs)
+        test_stats = evaluate(model, test)
+        row = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
+               "test_loss": test_stats["loss"], "test_accuracy": test_stats["accuracy"],
+               "lr": opt.param_groups[0]["lr"]}
+        history.append(row)
+        run.log_metrics(_metrics(row), step=epoch)
+        print(f"{desc} epoch {epoch}/{p.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
+              f" | test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}", file=sys.stderr, flush=True)
+        checkpoint.save(ckpt_path, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": checkpoint.rng_state(train.generator), "history": history, "run_id": run.run_id,
+        })
+    return history
+
+
+def _metrics(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "epoch"}

@@ -1,0 +1,97 @@
+"""Stage 3: fuse batch norm, convert exactly to a B1 SNN and verify it (SPEC 3.4) -> models/<exp>/snn_converted.pt.
+
+Verification runs in float64, where the SNN must agree with the ReLU network on every test sample
+(argmax) and its logits must match to ``rel_tolerance`` of the logit scale; otherwise the stage fails.
+The same report in the experiment's dtype (float32: rounding may flip near-ties) is recorded too.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import torch
+
+from pipeline import params as P
+from pipeline.artifacts import load_relu, save_snn, write_json
+from pipeline.stage import ConversionError, Experiment, log_deltas, reference_run, run
+from pipeline.tracking import Tracker
+from ttfs import convert
+from ttfs.metrics import compare_to_relu
+
+
+class Calibration:
+    """Re-iterable float64 batches of training inputs (convert() reads the first batch, then all)."""
+
+    def __init__(self, x: torch.Tensor, batch_size: int, device: torch.device):
+        self.x, self.batch_size, self.device = x, batch_size, device
+
+    def __iter__(self):
+        for chunk in self.x.split(self.batch_size):
+            yield chunk.to(self.device, torch.float64)
+
+
+def calibrated_snn(relu: torch.nn.Module, exp: Experiment, samples: int | None, zeta: float, batch_size: int):
+    """B1 SNN of ``relu`` in float64, windows from the largest activations on the training inputs."""
+    x = exp.data.train_x if samples is None else exp.data.train_x[:samples]
+    relu64 = copy.deepcopy(relu).to(exp.device, torch.float64)
+    return convert(relu64, Calibration(x, batch_size, exp.device), in_range=exp.data.in_range, zeta=zeta,
+                   dtype=torch.float64)
+
+
+def convert_stage(name: str, params: P.Params) -> None:
+    """Convert the pretrained ReLU network and fail unless the SNN is exactly equivalent."""
+    exp = Experiment.from_params(name, params)
+    p = exp.params.convert
+    paths = exp.paths
+    relu, lineage = load_relu(paths.relu)
+    snn64 = calibrated_snn(relu, exp, p.calibration_samples, p.zeta, p.batch_size)
+    exact = compare_to_relu(copy.deepcopy(relu).to(exp.device, torch.float64), snn64,
+                            exp.batches("test", p.batch_size, shuffle=False, dtype=torch.float64), split="test")
+    snn = copy.deepcopy(snn64).to(exp.dtype)
+    working = compare_to_relu(relu.to(exp.device, exp.dtype), snn,
+                              exp.batches("test", p.batch_size, shuffle=False), split="test")
+    metrics = {
+        "agreement": exact["agreement"],
+        "max_abs_logit_diff": exact["max_abs_logit_diff"],
+        "max_rel_logit_diff": exact["max_rel_logit_diff"],
+        "causality_violations": exact["causality_violations"],
+        "relu_accuracy": exact["relu_accuracy"],
+        "snn_accuracy": exact["snn_accuracy"],
+        "spikes_per_neuron": exact["spikes_per_neuron"],
+        "latency": exact["latency"],
+        "windows": [float(d) for d in snn64.deltas.tolist()],
+        "float64": exact,
+        exp.params.dtype: working,
+    }
+    write_json(paths.metrics("convert"), metrics)
+    stage_params = exp.stage_params("convert")
+    tracker = Tracker(name)
+    tags = exp.tags("snn") | {"params_hash": P.params_hash(stage_params)}
+    with tracker.run(f"convert@{name}", stage_params, tags) as mlrun:
+        reference = reference_run(tracker, exp, lineage["pretrain_params_hash"])
+        mlrun.log_metrics({k: v for k, v in metrics.items() if k not in ("float64", exp.params.dtype)})
+        mlrun.log_metrics({exp.params.dtype: working})
+        log_deltas(mlrun, reference, {"test_accuracy": exact["snn_accuracy"]})
+        rel = exact["max_rel_logit_diff"]
+        if exact["agreement"] < 1.0 or rel is None or rel > p.rel_tolerance:
+            raise ConversionError(
+                f"the float64 SNN is not equivalent to its ReLU network: agreement {exact['agreement']:.6f} "
+                f"(must be 1), max relative logit difference {rel} (tolerance {p.rel_tolerance}); "
+                f"see {paths.metrics('convert')}"
+            )
+        if exact["causality_violations"]:
+            print(f"warning: {exact['causality_violations']} test spikes came before their window "
+                  f"(windows calibrated on training data; raise convert.zeta)", file=sys.stderr)
+        save_snn(paths.converted, snn, lineage)
+        mlrun.log_artifact(paths.converted, "model")
+    print(f"convert {name}: agreement {exact['agreement']:.4f}, max |dlogit| {exact['max_abs_logit_diff']:.3g}, "
+          f"spikes/neuron {exact['spikes_per_neuron']:.3f}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("convert", convert_stage, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

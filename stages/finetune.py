@@ -1,0 +1,72 @@
+"""Stage 4: B1 exact-gradient training of the SNN -> models/<exp>/snn.pt.
+
+``converted`` fine-tunes the verified SNN of the convert stage; ``scratch`` trains a B1 SNN from the
+freshly initialised zoo model (the paper's MNIST/fMNIST setting: with the pretrain seed and settings it
+follows the ReLU network's trajectory). Windows adapt after every step (SPEC 2.8).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pipeline import checkpoint, plots
+from pipeline import params as P
+from pipeline.artifacts import load_snn, save_snn, write_csv, write_json
+from pipeline.data import sha256_file
+from pipeline.stage import Experiment, log_deltas, reference_run, run
+from pipeline.tracking import Tracker, project_root
+from pipeline.training import CURVE_COLUMNS, fit
+from stages.convert import calibrated_snn
+from stages.pretrain import build_model
+from ttfs import to_relu
+from ttfs.metrics import compare_to_relu
+from ttfs.train import evaluate
+
+
+def finetune(name: str, params: P.Params) -> None:
+    """Train the SNN with exact spike-time gradients, adaptive windows and optional L1."""
+    exp = Experiment.from_params(name, params)
+    p = exp.params.finetune
+    paths = exp.paths
+    converted, lineage = load_snn(paths.converted)
+    if p.mode == "converted":
+        snn, start = converted, sha256_file(paths.converted)
+    else:
+        snn = calibrated_snn(build_model(exp), exp, p.calibration_samples, p.zeta, p.eval_batch_size)
+        start = "scratch"
+    snn = snn.to(exp.device, exp.dtype)
+    stage_params = exp.stage_params("finetune")
+    ckpt = checkpoint.path_for(project_root(), name, "finetune", P.params_hash(stage_params, lineage, start))
+    state = checkpoint.load(ckpt)
+    train = exp.batches("train", p.batch_size, shuffle=True)
+    test = exp.batches("test", p.eval_batch_size, shuffle=False)
+    tracker = Tracker(name)
+    tags = exp.tags("snn") | {"params_hash": P.params_hash(stage_params), "finetune_mode": p.mode}
+    with tracker.run(f"finetune@{name}", stage_params, tags, resume=state and state["run_id"]) as mlrun:
+        reference = reference_run(tracker, exp, lineage["pretrain_params_hash"])
+        history = fit(snn, train, test, p, ckpt, state, mlrun, f"finetune {name}")
+        final = evaluate(snn, test)
+        exactness = compare_to_relu(to_relu(snn), snn, test, split="test")
+        metrics = {"test_accuracy": final["accuracy"], "test_loss": final["loss"], "epochs": len(history),
+                   "mode": p.mode, "equivalent_relu_agreement": exactness["agreement"],
+                   "equivalent_relu_max_rel_logit_diff": exactness["max_rel_logit_diff"],
+                   "causality_violations": exactness["causality_violations"],
+                   "spikes_per_neuron": exactness["spikes_per_neuron"],
+                   "latency": exactness["latency"], "windows": [float(d) for d in snn.deltas.tolist()]}
+        save_snn(paths.snn, snn, lineage)
+        write_json(paths.metrics("finetune"), metrics)
+        write_csv(paths.plot("finetune_curve.csv"), history, CURVE_COLUMNS)
+        plots.training_curve(paths.plot("finetune_curve.png"), history, f"{name} SNN ({p.mode})")
+        mlrun.log_metrics({f"final.{k}": v for k, v in metrics.items()}, step=len(history))
+        log_deltas(mlrun, reference, {"test_accuracy": final["accuracy"], "test_loss": final["loss"]})
+        mlrun.log_artifact(paths.snn, "model")
+        print(f"finetune {name}: test accuracy {final['accuracy']:.4f}", file=sys.stderr)
+    checkpoint.remove(ckpt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("finetune", finetune, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

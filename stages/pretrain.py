@@ -1,0 +1,77 @@
+"""Stage 2: train the ReLU reference network (or load given weights) -> models/<exp>/relu.pt."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from pipeline import checkpoint, plots
+from pipeline import params as P
+from pipeline.artifacts import save_relu, write_csv, write_json
+from pipeline.data import ChecksumError, sha256_file
+from pipeline.stage import Experiment, run
+from pipeline.tracking import REFERENCE, Tracker, project_root
+from pipeline.training import CURVE_COLUMNS, fit
+from ttfs import zoo
+from ttfs.train import evaluate
+
+
+def build_model(exp: Experiment) -> torch.nn.Module:
+    """A freshly initialised zoo model for the experiment's data (seeded: same seed, same weights)."""
+    torch.manual_seed(exp.params.seed)
+    return zoo.create_model(exp.params.model.name, in_shape=exp.data.in_shape, num_classes=exp.data.num_classes,
+                            **exp.params.model.kwargs())
+
+
+def load_given(model: torch.nn.Module, p: P.PretrainParams, name: str) -> None:
+    path = Path(p.checkpoint)
+    if not path.is_file():
+        raise P.ParamsError(f"experiments.{name}.pretrain.checkpoint: no file {path}")
+    if p.checkpoint_sha256 and sha256_file(path) != p.checkpoint_sha256:
+        raise ChecksumError(f"{path}: sha256 differs from experiments.{name}.pretrain.checkpoint_sha256")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state.get("state_dict", state))
+
+
+def pretrain(name: str, params: P.Params) -> None:
+    """Train the ReLU network with optional L1 and batch norm; its MLflow run is the reference."""
+    exp = Experiment.from_params(name, params)
+    p = exp.params.pretrain
+    stage_params = exp.stage_params("pretrain")
+    params_hash = P.params_hash(stage_params)
+    model = build_model(exp).to(exp.device, exp.dtype)
+    test = exp.batches("test", p.eval_batch_size, shuffle=False)
+    ckpt = checkpoint.path_for(project_root(), name, "pretrain", P.params_hash(stage_params, exp.lineage()))
+    state = checkpoint.load(ckpt)
+    tags = exp.tags(REFERENCE) | {"params_hash": params_hash}
+    with Tracker(name).run(f"pretrain@{name}", stage_params, tags, resume=state and state["run_id"]) as mlrun:
+        if p.checkpoint:
+            load_given(model, p, name)
+            history = []
+        else:
+            train = exp.batches("train", p.batch_size, shuffle=True)
+            history = fit(model, train, test, p, ckpt, state, mlrun, f"pretrain {name}")
+        final = evaluate(model, test)
+        train_final = evaluate(model, exp.batches("train", p.eval_batch_size, shuffle=False))
+        metrics = {"test_accuracy": final["accuracy"], "test_loss": final["loss"],
+                   "train_accuracy": train_final["accuracy"], "train_loss": train_final["loss"],
+                   "epochs": len(history), "parameters": sum(t.numel() for t in model.parameters())}
+        paths = exp.paths
+        save_relu(paths.relu, model, exp.lineage() | {"pretrain_params_hash": params_hash})
+        write_json(paths.metrics("pretrain"), metrics)
+        write_csv(paths.plot("pretrain_curve.csv"), history, CURVE_COLUMNS)
+        plots.training_curve(paths.plot("pretrain_curve.png"), history, f"{name} ReLU")
+        mlrun.log_metrics({f"final.{k}": v for k, v in metrics.items()}, step=len(history))
+        mlrun.log_artifact(paths.relu, "model")
+        print(f"pretrain {name}: test accuracy {final['accuracy']:.4f}", file=sys.stderr)
+    checkpoint.remove(ckpt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("pretrain", pretrain, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
