@@ -133,15 +133,20 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class ExperimentParams:
+    """Every key is required: dvc.yaml lists each one as a params dependency, and DVC refuses missing ones.
+
+    Keys inside the stage sections have defaults (an empty section ``{}`` is valid).
+    """
+
     dataset: str
     model: ModelParams
-    seed: int = 0
-    device: str = "auto"
-    dtype: Literal["float32", "float64"] = "float32"
-    pretrain: PretrainParams = PretrainParams()
-    convert: ConvertParams = ConvertParams()
-    finetune: FinetuneParams = FinetuneParams()
-    evaluate: EvaluateParams = EvaluateParams()
+    seed: int
+    device: str  # auto | cpu | cuda | cuda:N
+    dtype: Literal["float32", "float64"]
+    pretrain: PretrainParams
+    convert: ConvertParams
+    finetune: FinetuneParams
+    evaluate: EvaluateParams
 
 
 @dataclass(frozen=True)

@@ -253,7 +253,9 @@ def _alpha1_forward_map(op: _Neurons, alpha: float, delta_in: float, delta: floa
     total = op.weight.flatten(1).sum(1)
     if bool((total >= 1).any()):
         raise ValueError(
-            f"alpha1 needs sum_k w_ik < 1 for every neuron; {int((total >= 1).sum())} readout neurons violate it"
+            f"alpha1 needs sum_k w_ik < 1 for every readout neuron, but {int((total >= 1).sum())} have a larger "
+            "sum after the hidden neurons were rescaled into alpha1's safe range (the rescaling moves weight "
+            "into the next layer); scale the ReLU network's readout weights down or use B1"
         )
     slope = alpha / (1 - total)
     weight = op.weight * (alpha / (1 - total)).reshape(-1, *(1,) * (op.weight.ndim - 1))
