@@ -9,7 +9,6 @@ max-pool, with per-region biases where 'same' zero padding meets a folded shift)
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -208,17 +207,6 @@ def fold(model: nn.Module, in_shape: tuple[int, ...], p: Tensor, q: Tensor, inpu
     return ops
 
 
-@contextmanager
-def _float64_default() -> Iterator[None]:
-    """Build modules in float64 whatever the default dtype (float32 would round the folded values)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def _build(ops: list, encoder: InputEncoder, deltas: Tensor, parameterisation: str, alpha: float) -> SNN:
     layers: list[nn.Module] = []
     widths = deltas.tolist() + [0.0]
@@ -236,6 +224,7 @@ def _build(ops: list, encoder: InputEncoder, deltas: Tensor, parameterisation: s
                                                       parameterisation, alpha, op.region_index)
             else:
                 layer = SpikingLinear(op.weight.shape[1], op.weight.shape[0], parameterisation, alpha)
+            layer = layer.double()  # receive the float64 folded values without rounding
             weight, bias = op.weight, op.bias
             if parameterisation == "alpha1":
                 weight, bias = _alpha1_forward_map(op, alpha, widths[n - 1], widths[n])
@@ -346,14 +335,10 @@ def convert(
     with torch.device("cpu"):
         unit_windows = torch.ones(n_hidden + 1, dtype=torch.float64)
         unit_windows[0] = input_delta
-        with _float64_default():
-            encoder = InputEncoder(in_shape, *encoder_range)
-            probe = _build(ops, encoder, unit_windows, "b1", alpha).double()
+        probe = _build(ops, InputEncoder(in_shape, *encoder_range), unit_windows, "b1", alpha).double()
         peaks = max_activations(probe.to(device), calibration).cpu()
         deltas = torch.cat([unit_windows[:1], torch.where(peaks > 0, (1 + zeta) * peaks, torch.ones_like(peaks))])
-        with _float64_default():
-            encoder = InputEncoder(in_shape, *encoder_range)
-            snn = _build(ops, encoder, deltas, parameterisation, alpha).double()
+        snn = _build(ops, InputEncoder(in_shape, *encoder_range), deltas, parameterisation, alpha).double()
     return snn.to(device=device, dtype=dtype)
 
 

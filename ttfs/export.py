@@ -18,8 +18,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -444,60 +443,50 @@ def _check_theta(spec: dict[str, Any], bias: np.ndarray, theta: np.ndarray, wher
         raise ValueError(f"model.json: {where} thresholds theta disagree with its raw bias (corrupt export?)")
 
 
-@contextmanager
-def _float64_default() -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def from_dict(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> SNN:
     """Build the :class:`ttfs.SNN` described by (metadata, arrays), e.g. as returned by :func:`to_dict`."""
     validate(meta, arrays)
     dtype = DTYPES[meta["dtype"]]
     inp, windows = meta["input"], meta["windows"]
     layers: list[nn.Module] = []
-    with _float64_default():  # construct without rounding, then cast once
-        encoder = InputEncoder(tuple(inp["in_shape"]), torch.tensor(inp["p"]), torch.tensor(inp["q"]))
-        for spec in meta["layers"]:
-            kind = spec["kind"]
-            if kind == "dense":
-                layers.append(
-                    SpikingLinear(
-                        spec["in_shape"][0], spec["out_shape"][0], spec["parameterisation"], spec["alpha"]
-                    )
+    encoder = InputEncoder(tuple(inp["in_shape"]), torch.tensor(inp["p"], dtype=torch.float64),
+                           torch.tensor(inp["q"], dtype=torch.float64))
+    for spec in meta["layers"]:
+        kind = spec["kind"]
+        if kind == "dense":
+            layers.append(
+                SpikingLinear(
+                    spec["in_shape"][0], spec["out_shape"][0], spec["parameterisation"], spec["alpha"]
                 )
-            elif kind == "conv2d":
-                index = spec["region_index"]
-                region_index = (
-                    None if index is None else torch.from_numpy(np.asarray(arrays[index], np.int64))
+            )
+        elif kind == "conv2d":
+            index = spec["region_index"]
+            region_index = (
+                None if index is None else torch.from_numpy(np.asarray(arrays[index], np.int64))
+            )
+            layers.append(
+                SpikingConv2d(
+                    spec["in_shape"][0],
+                    spec["out_shape"][0],
+                    tuple(spec["kernel"]),
+                    tuple(spec["stride"]),
+                    tuple(spec["padding"]),
+                    spec["parameterisation"],
+                    spec["alpha"],
+                    region_index,
                 )
-                layers.append(
-                    SpikingConv2d(
-                        spec["in_shape"][0],
-                        spec["out_shape"][0],
-                        tuple(spec["kernel"]),
-                        tuple(spec["stride"]),
-                        tuple(spec["padding"]),
-                        spec["parameterisation"],
-                        spec["alpha"],
-                        region_index,
-                    )
+            )
+        elif kind == "pool":
+            layers.append(
+                MinTimePool2d(
+                    tuple(spec["kernel"]),
+                    tuple(spec["stride"]),
+                    torch.tensor(spec["sign"], dtype=torch.float64),
                 )
-            elif kind == "pool":
-                layers.append(
-                    MinTimePool2d(
-                        tuple(spec["kernel"]),
-                        tuple(spec["stride"]),
-                        torch.tensor(spec["sign"], dtype=torch.float64),
-                    )
-                )
-            else:
-                layers.append(nn.Flatten())
-        snn = SNN(encoder, layers, torch.tensor(windows["deltas"], dtype=torch.float64), windows["t_start"])
+            )
+        else:
+            layers.append(nn.Flatten())
+    snn = SNN(encoder, layers, torch.tensor(windows["deltas"], dtype=torch.float64), windows["t_start"])
     snn = snn.to(dtype)
     with torch.no_grad():
         snn.deltas.copy_(torch.tensor(windows["deltas"], dtype=torch.float64))

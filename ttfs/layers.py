@@ -292,8 +292,9 @@ class InputEncoder(nn.Module):
     def __init__(self, in_shape: tuple[int, ...], p: float | Tensor = 0.0, q: float | Tensor = 1.0):
         super().__init__()
         self.in_shape = tuple(int(s) for s in in_shape)
-        p_t = torch.as_tensor(p, dtype=torch.get_default_dtype())
-        q_t = torch.as_tensor(q, dtype=torch.get_default_dtype())
+        # float64 whatever the default dtype: the module's dtype is set by .to(), never by rounding here
+        p_t = torch.as_tensor(p, dtype=torch.float64)
+        q_t = torch.as_tensor(q, dtype=torch.float64)
         if bool((q_t <= p_t).any()):
             raise ValueError(f"input range needs q > p, got p={p}, q={q}")
         shape = (-1,) + (1,) * (len(self.in_shape) - 1) if p_t.ndim else ()
