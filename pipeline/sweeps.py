@@ -1,0 +1,668 @@
+"""Hardware-constraint sweeps (SPEC 5): accuracy of a trained SNN against jitter, time steps, weight bits, latency.
+
+For every grid value of every constraint kind the sweep takes a fresh copy of the (fine-tuned, exact)
+SNN, applies the constraint, measures it on the test set ("before": no fine-tuning), fine-tunes it under
+the constraint for ``finetune_epochs`` epochs with fixed windows and measures it again ("finetuned").
+
+How each constraint is applied (``ttfs.constraints``):
+
+* ``jitter`` sigma (tau_c): Gaussian noise on every emitted spike, model windows, saturation. Evaluated
+  with ``jitter_seeds`` noise seeds (``JITTER_EVAL_SEED + i``, the same seeds before and after fine-tuning:
+  paired), reported as mean and sample std; fine-tuning draws fresh noise every step from a generator
+  seeded with the experiment seed.
+* ``time_steps`` K: hidden windows first tightened to the ``window_quantile`` of each layer's positive
+  activations on ``quantile_samples`` training inputs (a loose window wastes the K steps, SPEC 5); then
+  spike times snap to K steps per window (nearest step; saturation first, so never before t_min).
+* ``weight_bits`` b: b-bit symmetric per-layer fake quantisation (range = ``weight_percentile`` of |W|),
+  thresholds in full precision, straight-through gradient; model windows with saturation.
+* ``latency_factor`` f: every window (the input window too, exactly) divided by f, starting from the
+  tightened windows (``latency_base: tight``) or from the model's own windows (``model``; after the
+  adaptive rule those are kappa times looser than the data, so a factor there is partly free);
+  activations above the new width saturate.
+
+Every constrained network saturates spikes into their windows, so hardware constraints never produce
+causality violations; windows stay fixed during fine-tuning (``adapt_windows=False``, SPEC 2.8).
+
+Interrupted sweeps resume: the results of finished settings are kept in one state file in
+checkpoints/<experiment>/ (replaced atomically after each setting), and a setting interrupted during
+fine-tuning resumes from its last finished epoch (:func:`pipeline.training.fit`). Both are keyed by a
+hash of the params, the model file, the data and the source of the code that computes the results.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import statistics
+import sys
+import time
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor
+from tqdm import tqdm
+
+from ttfs.constraints import constrain_spike_times, quantise_weights, reduce_latency, tighten_windows
+from ttfs.network import SNN
+from ttfs.train import TensorBatches
+
+from . import checkpoint
+from . import params as P
+from .artifacts import Paths, write_csv, write_json
+from .training import fit
+
+KINDS = ("jitter", "time_steps", "weight_bits", "latency_factor")
+#: CSV column holding the grid value (the x axis of `dvc plots`).
+X_COLUMN = {"jitter": "sigma", "time_steps": "time_steps", "weight_bits": "weight_bits",
+            "latency_factor": "latency_factor"}
+#: plots/<experiment>/<name>.csv and .png per kind.
+PLOT_NAME = {"jitter": "sweep_jitter", "time_steps": "sweep_time_steps", "weight_bits": "sweep_weight_bits",
+             "latency_factor": "sweep_latency"}
+JITTER_EVAL_SEED = 10_000
+
+
+# -- params ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepParams:
+    """``experiments.<name>.sweep``: the grids (an empty list skips that constraint) and the fine-tuning."""
+
+    jitter: tuple[float, ...] = (0.0, 0.01, 0.05, 0.1)
+    jitter_seeds: int = field(default=3, metadata={"min": 1})
+    time_steps: tuple[int, ...] = (4, 8, 16, 32)
+    weight_bits: tuple[int, ...] = (2, 3, 4, 8)
+    latency_factor: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    window_quantile: float = field(default=0.999, metadata={"gt": 0.0, "max": 1.0})
+    quantile_samples: int | None = field(default=10000, metadata={"min": 1})
+    latency_base: Literal["tight", "model"] = "tight"
+    weight_percentile: float = field(default=100.0, metadata={"gt": 0.0, "max": 100.0})
+    finetune_epochs: int = field(default=1, metadata={"min": 0})
+    finetune_lr: float = field(default=1e-4, metadata={"gt": 0.0})
+    batch_size: int = field(default=8, metadata={"min": 1})
+    eval_batch_size: int = field(default=1000, metadata={"min": 1})
+    train_metrics: bool = False  # also measure on the training set (costs a pass over it per evaluation)
+    tolerance: float = field(default=0.01, metadata={"min": 0.0})  # "within tolerance of the SNN" summary
+
+    def grid(self, kind: str) -> tuple:
+        return getattr(self, kind)
+
+    def finetune_params(self) -> P.FinetuneParams:
+        """The fine-tuning under a constraint: the finetune stage's loop with fixed windows."""
+        return P.FinetuneParams(epochs=self.finetune_epochs, batch_size=self.batch_size, lr=self.finetune_lr,
+                                adapt_windows=False, eval_batch_size=self.eval_batch_size)
+
+
+# kind -> (element type, minimum, maximum or None, what the value is)
+_GRIDS: dict[str, tuple[type, float, float | None, str]] = {
+    "jitter": (float, 0.0, None, "spike-time jitter sigma (tau_c)"),
+    "time_steps": (int, 2, None, "time steps per window"),
+    "weight_bits": (int, 2, 32, "weight bit-width"),
+    "latency_factor": (float, 1.0, None, "latency reduction factor"),
+}
+
+
+def _grid(kind: str, value: Any, path: str) -> tuple:
+    """A list of grid values (a single value is a one-element grid, as `dvc exp run -S key=4` writes)."""
+    tp, low, high, what = _GRIDS[kind]
+    values = value if isinstance(value, (list, tuple)) else [value]
+    out: list = []
+    for i, v in enumerate(values):
+        where = f"{path}[{i}]" if isinstance(value, (list, tuple)) else path
+        number = P._to_int(v, where) if tp is int else P._to_float(v, where)
+        if not math.isfinite(number) or number < low:
+            raise P.ParamsError(f"{where}: {what} must be a finite number >= {low:g}, got {P._describe(v)}")
+        if high is not None and number > high:
+            raise P.ParamsError(f"{where}: {what} must be <= {high:g}, got {P._describe(v)}")
+        if number in out:
+            raise P.ParamsError(f"{where}: duplicate {what} {number:g} (each grid value once)")
+        out.append(number)
+    return tuple(out)
+
+
+def parse_sweep(raw: Any, path: str) -> SweepParams:
+    """Validate one ``experiments.<name>.sweep`` section; errors start with the key path and name the value."""
+    if isinstance(raw, SweepParams):
+        return raw
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise P.ParamsError(f"{path}: expected a mapping, got {P._describe(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(SweepParams)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise P.ParamsError(f"{path}.{unknown[0]}: unknown key; allowed keys: {', '.join(fields)}")
+    hints = typing.get_type_hints(SweepParams)
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        key = f"{path}.{name}"
+        if name in _GRIDS:
+            values[name] = _grid(name, value, key)
+        else:
+            values[name] = P._coerce(hints[name], value, key)
+            P._check_range(values[name], dict(fields[name].metadata), key)
+    return SweepParams(**values)
+
+
+def _experiment_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(P.ExperimentParams)}
+
+
+def load_params(path: str | Path = "params.yaml") -> tuple[P.Params, dict[str, Any]]:
+    """(validated params, raw ``sweep`` section per experiment) from params.yaml.
+
+    Works whether or not :class:`pipeline.params.ExperimentParams` declares ``sweep``: if it does not,
+    the sections are taken out before the rest is validated by :func:`pipeline.params.parse`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise P.ParamsError(f"{path}: no params file (run from the project root)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise P.ParamsError(f"{path}: not valid YAML: {e}") from e
+    sections: dict[str, Any] = {}
+    experiments = raw.get("experiments") if isinstance(raw, dict) else None
+    if isinstance(experiments, dict):
+        integrated = "sweep" in _experiment_fields()
+        for name, section in experiments.items():
+            if isinstance(section, dict) and "sweep" in section:
+                sections[name] = section["sweep"]
+                if not integrated:
+                    experiments[name] = {k: v for k, v in section.items() if k != "sweep"}
+    return P.parse(raw), sections
+
+
+def sweep_params(params: P.Params, sections: dict[str, Any], name: str) -> SweepParams:
+    """The validated sweep section of experiment ``name`` (required, like every experiment section)."""
+    params.experiment(name)
+    path = f"experiments.{name}.sweep"
+    if name not in sections:
+        raise P.ParamsError(f"{path}: required key is missing (an empty mapping {{}} takes every default)")
+    return parse_sweep(sections[name], path)
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+
+
+def fmt(value: float) -> str:
+    """Grid value as a key: 16, 0.05, 2.5."""
+    return f"{value:g}"
+
+
+def setting_key(kind: str, value: float) -> str:
+    return f"{kind}={fmt(value)}"
+
+
+@torch.no_grad()
+def measure(snn: SNN, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
+    """Accuracy, mean cross-entropy, spikes per hidden neuron, causality violations and latency, one pass."""
+    was_training = snn.training
+    snn.eval()
+    correct = seen = spikes = violations = 0
+    loss = 0.0
+    neurons = 0
+    try:
+        for z, y in batches:
+            record = snn.run(z)
+            correct += int((record.logits.argmax(1) == y).sum())
+            loss += float(F.cross_entropy(record.logits, y, reduction="sum"))
+            seen += len(y)
+            if record.times:
+                spikes += int(record.spikes_per_layer().sum())
+                violations += int(record.causality_violations().sum())
+                neurons = int(record.neurons_per_layer().sum())
+    finally:
+        snn.train(was_training)
+    if not seen:
+        raise ValueError("no samples to measure")
+    return {"accuracy": correct / seen, "loss": loss / seen,
+            "spikes_per_neuron": spikes / (seen * neurons) if neurons else 0.0,
+            "causality_violations": violations, "latency": float(snn.latency())}
+
+
+def _mean_std(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """Mean of every metric over jitter seeds; sample std of the accuracies and spikes; per-seed accuracy."""
+    out: dict[str, Any] = {}
+    for k in runs[0]:
+        values = [float(r[k]) for r in runs]
+        out[k] = statistics.fmean(values)
+        if k in ("accuracy", "spikes_per_neuron", "train_accuracy"):
+            out[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    out["accuracy_per_seed"] = [float(r["accuracy"]) for r in runs]
+    return out
+
+
+@dataclass
+class SweepData:
+    """Raw inputs and labels (as the ReLU network takes them) of both splits."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+
+
+class _NullRun:
+    """Stands in for a StageRun when tracking is off."""
+
+    run_id = None
+    resumed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def log_metrics(self, values, step: int = 0) -> None:
+        pass
+
+    def set_tags(self, tags) -> None:
+        pass
+
+
+class NullRecorder:
+    """No MLflow: child runs do nothing."""
+
+    parent_run_id = None
+    parent_resumed = False
+
+    def child(self, kind: str, value: float, resume: str | None = None):
+        return _NullRun()
+
+    def finish_child(self, run, kind: str, value: float, result: dict, seconds: float | None) -> None:
+        pass
+
+    def replay(self, kind: str, value: float, result: dict, run_id: str | None) -> None:
+        pass
+
+
+class MlflowRecorder:
+    """One nested MLflow run per setting under the sweep's parent run, tagged with the reference ReLU run."""
+
+    def __init__(self, tracker, parent, reference: tuple[str, dict], stage: str, params: dict, tags: dict[str, str]):
+        self.tracker, self.parent, self.reference = tracker, parent, reference
+        self.stage, self.params, self.tags = stage, params, tags
+
+    @property
+    def parent_run_id(self) -> str:
+        return self.parent.run_id
+
+    @property
+    def parent_resumed(self) -> bool:
+        return self.parent.resumed
+
+    def child(self, kind: str, value: float, resume: str | None = None):
+        key = setting_key(kind, value)
+        tags = self.tags | {
+            "mlflow.parentRunId": self.parent.run_id, "mlflow.runName": key,
+            "mlflow.source.name": "stages/sweep.py", "reference_run_id": self.reference[0],
+            "constraint": kind, "constraint_value": fmt(value),
+            "params_hash": P.params_hash(self.params, kind, value),
+        }
+        params = self.params | {"constraint": {"kind": kind, "value": value}}
+        return self.tracker.run(self.stage, params, tags, resume=resume)
+
+    def finish_child(self, run, kind: str, value: float, result: dict, seconds: float | None) -> None:
+        run.log_metrics(setting_metrics(result) | ({"seconds": seconds} if seconds is not None else {}),
+                        step=result["finetune_epochs"])
+        final = result["finetuned"] or result["before"]
+        run.set_tags({"reference_run_id": self.reference[0]})
+        ref = self.reference[1]
+        if "test_accuracy" in ref:  # against the ReLU reference, as the other stages log it
+            run.log_metrics({"delta.test_accuracy": final["accuracy"] - ref["test_accuracy"]},
+                            step=result["finetune_epochs"])
+
+    def replay(self, kind: str, value: float, result: dict, run_id: str | None) -> None:
+        """A setting finished before an interruption: its run exists if the parent was resumed, else re-log it."""
+        if self.parent.resumed and run_id:
+            return
+        with self.child(kind, value) as run:
+            run.set_tags({"restored_from": "sweep state checkpoint"})
+            self.finish_child(run, kind, value, result, None)
+
+
+def setting_metrics(result: dict) -> dict:
+    """The numbers of one setting as MLflow metrics (before.*, finetuned.*, delta_snn.*)."""
+    out: dict[str, Any] = {"value": result["value"], "latency": result["latency"],
+                           "before": result["before"]}
+    if result["finetuned"] is not None:
+        out["finetuned"] = result["finetuned"]
+        out["finetune_train_accuracy"] = result["finetune_train_accuracy"]
+    out["delta_snn"] = {k: v for k, v in result["delta_snn"].items() if v is not None}
+    return out
+
+
+# -- the sweep ---------------------------------------------------------------------------------------
+
+
+def code_version() -> str:
+    """Hash of the source that computes sweep results: a code change never resumes stale results."""
+    import ttfs.constraints
+    import ttfs.layers
+    import ttfs.network
+    import ttfs.train
+
+    from . import training
+
+    h = hashlib.sha256()
+    for module in (ttfs.constraints, ttfs.layers, ttfs.network, ttfs.train, training, sys.modules[__name__]):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _batches(x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int, device, dtype) -> TensorBatches:
+    return TensorBatches(x, y, batch_size, shuffle=shuffle, seed=seed, device=device, dtype=dtype)
+
+
+class Sweep:
+    """Runs every setting of ``sp`` on copies of ``snn``; see :func:`run_sweep`."""
+
+    def __init__(self, snn: SNN, data: SweepData, sp: SweepParams, *, seed: int, device, dtype: torch.dtype,
+                 state_path: Path, recorder=None, desc: str = "sweep", log: Callable[[str], None] | None = None):
+        self.base = copy.deepcopy(snn).to(device, dtype)
+        self.base.spike_constraints = None
+        quantise_weights(self.base, None)
+        self.data, self.sp, self.seed = data, sp, seed
+        self.device, self.dtype = torch.device(device), dtype
+        self.state_path = Path(state_path)
+        self.recorder = recorder or NullRecorder()
+        self.desc = desc
+        self.log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+        self.test = _batches(data.test_x, data.test_y, sp.eval_batch_size, False, seed, device, dtype)
+        self.train_eval = (_batches(data.train_x, data.train_y, sp.eval_batch_size, False, seed, device, dtype)
+                           if sp.train_metrics else None)
+        self._tight: Tensor | None = None
+
+    # constraints -----------------------------------------------------------------------------------
+
+    def tight_deltas(self) -> Tensor:
+        """Hidden window widths at the ``window_quantile`` of the activations (computed once)."""
+        if self._tight is None:
+            snn = copy.deepcopy(self.base)
+            x = self.data.train_x if self.sp.quantile_samples is None else self.data.train_x[:self.sp.quantile_samples]
+            tighten_windows(snn, x, self.sp.window_quantile)
+            self._tight = snn.deltas[1:].detach().clone()
+        return self._tight
+
+    def _tightened(self) -> SNN:
+        snn = copy.deepcopy(self.base)
+        with torch.no_grad():
+            snn.deltas[1:] = self.tight_deltas()
+        return snn
+
+    def constrained(self, kind: str, value: float) -> SNN:
+        """A fresh copy of the SNN under one constraint (jitter: the training noise stream)."""
+        if kind == "jitter":
+            snn = copy.deepcopy(self.base)
+            constrain_spike_times(snn, jitter=value, seed=self.seed)
+        elif kind == "time_steps":
+            snn = self._tightened()
+            constrain_spike_times(snn, time_steps=int(value))
+        elif kind == "weight_bits":
+            snn = copy.deepcopy(self.base)
+            constrain_spike_times(snn)
+            quantise_weights(snn, int(value), self.sp.weight_percentile)
+        elif kind == "latency_factor":
+            snn = self._tightened() if self.sp.latency_base == "tight" else copy.deepcopy(self.base)
+            constrain_spike_times(snn)
+            reduce_latency(snn, float(value))
+        else:
+            raise ValueError(f"unknown constraint kind {kind!r}; one of {', '.join(KINDS)}")
+        return snn
+
+    # measuring -------------------------------------------------------------------------------------
+
+    def _measure_once(self, snn: SNN) -> dict[str, float]:
+        out = measure(snn, self.test)
+        if self.train_eval is not None:
+            out["train_accuracy"] = measure(snn, self.train_eval)["accuracy"]
+        return out
+
+    def evaluate(self, snn: SNN, kind: str, value: float) -> dict[str, Any]:
+        """Test metrics under the constraint; jitter: mean and std over the evaluation seeds."""
+        if kind != "jitter" or value == 0:
+            out = self._measure_once(snn)
+            if kind == "jitter":  # sigma = 0 is deterministic: every seed gives the same numbers
+                out = _mean_std([out] * self.sp.jitter_seeds)
+            return out
+        training = snn.spike_constraints
+        runs = []
+        try:
+            for i in range(self.sp.jitter_seeds):
+                constrain_spike_times(snn, jitter=value, seed=JITTER_EVAL_SEED + i)
+                runs.append(self._measure_once(snn))
+        finally:
+            snn.spike_constraints = training
+        return _mean_std(runs)
+
+    def references(self) -> tuple[dict, dict]:
+        """The exact SNN, and the SNN with tightened windows (saturation only), on the test set."""
+        snn = self._measure_once(self.base)
+        tight_snn = self._tightened()
+        constrain_spike_times(tight_snn)
+        tight = self._measure_once(tight_snn) | {
+            "quantile": self.sp.window_quantile,
+            "samples": min(len(self.data.train_x), self.sp.quantile_samples or len(self.data.train_x)),
+            "windows": [float(d) for d in tight_snn.deltas.tolist()],
+        }
+        return snn, tight
+
+    # one setting -----------------------------------------------------------------------------------
+
+    def setting_checkpoint(self, kind: str, value: float) -> Path:
+        return self.state_path.with_name(f"{self.state_path.stem}-{kind}-{fmt(value)}.pt")
+
+    def run_setting(self, kind: str, value: float, reference: dict) -> tuple[dict, str | None]:
+        """(result, MLflow run id) of one setting: measure, fine-tune under the constraint, measure again."""
+        started = time.monotonic()
+        snn = self.constrained(kind, value)
+        before = self.evaluate(snn, kind, value)
+        ckpt = self.setting_checkpoint(kind, value)
+        state = checkpoint.load(ckpt) if self.sp.finetune_epochs else None
+        with self.recorder.child(kind, value, resume=state and state.get("run_id")) as run:
+            finetuned, history = None, []
+            if self.sp.finetune_epochs:
+                torch.manual_seed(self.seed)
+                train = _batches(self.data.train_x, self.data.train_y, self.sp.batch_size, True, self.seed,
+                                 self.device, self.dtype)
+                history = fit(snn, train, self.test, self.sp.finetune_params(), ckpt, state, run,
+                              f"{self.desc} {setting_key(kind, value)}", seed=self.seed)
+                finetuned = self.evaluate(snn, kind, value)
+            final = finetuned or before
+            result = {
+                "kind": kind, "value": value, "finetune_epochs": len(history),
+                "before": before, "finetuned": finetuned,
+                "finetune_train_accuracy": history[-1]["train_accuracy"] if history else None,
+                "latency": float(snn.latency()),
+                "latency_reduction_vs_snn": reference["latency"] / float(snn.latency()),
+                "windows": [float(d) for d in snn.deltas.tolist()],
+                "delta_snn": {
+                    "before_accuracy": before["accuracy"] - reference["accuracy"],
+                    "finetuned_accuracy": (finetuned["accuracy"] - reference["accuracy"]) if finetuned else None,
+                },
+                "causality_violations": final["causality_violations"],
+            }
+            self.recorder.finish_child(run, kind, value, result, time.monotonic() - started)
+        checkpoint.remove(ckpt)
+        return result, run.run_id
+
+    # the whole grid --------------------------------------------------------------------------------
+
+    def settings(self) -> list[tuple[str, float]]:
+        return [(kind, value) for kind in KINDS for value in self.sp.grid(kind)]
+
+    def run(self, state: dict | None = None) -> dict:
+        state = dict(state or {})
+        done: dict[str, dict] = dict(state.get("results", {}))
+        run_ids: dict[str, str | None] = dict(state.get("run_ids", {}))
+        if "references" in state:
+            snn_ref, tight_ref = state["references"]
+        else:
+            snn_ref, tight_ref = self.references()
+        settings = self.settings()
+        if done:
+            self.log(f"{self.desc}: resuming, {sum(setting_key(*s) in done for s in settings)} of "
+                     f"{len(settings)} settings already finished ({self.state_path})")
+        progress = tqdm(settings, desc=self.desc, unit="setting", file=sys.stderr, mininterval=1.0)
+        for kind, value in progress:
+            key = setting_key(kind, value)
+            progress.set_postfix_str(key)
+            if key in done:
+                self.recorder.replay(kind, value, done[key], run_ids.get(key))
+                continue
+            result, run_id = self.run_setting(kind, value, snn_ref)
+            done[key], run_ids[key] = result, run_id
+            after = result["finetuned"]
+            self.log(f"{self.desc} {key}: accuracy {result['before']['accuracy']:.4f} without fine-tuning"
+                     + (f", {after['accuracy']:.4f} after {result['finetune_epochs']} epoch(s)" if after else "")
+                     + f" (exact SNN {snn_ref['accuracy']:.4f})")
+            checkpoint.save(self.state_path, {"run_id": self.recorder.parent_run_id, "results": done,
+                                              "run_ids": run_ids, "references": (snn_ref, tight_ref)})
+        progress.close()
+        return assemble(self.sp, snn_ref, tight_ref, [done[setting_key(*s)] for s in settings])
+
+
+def run_sweep(snn: SNN, data: SweepData, sp: SweepParams, *, seed: int, device="cpu",
+              dtype: torch.dtype = torch.float32, state_path: Path, state: dict | None = None,
+              recorder=None, desc: str = "sweep") -> dict:
+    """Sweep every constraint of ``sp`` over its grid on copies of ``snn``; returns the sweep.json content.
+
+    ``state`` is a loaded ``state_path`` checkpoint (finished settings are not redone); the state file
+    is rewritten after every setting, and per-setting fine-tuning checkpoints live next to it.
+    ``recorder``: :class:`MlflowRecorder` (nested runs) or None.
+    """
+    return Sweep(snn, data, sp, seed=seed, device=device, dtype=dtype, state_path=state_path,
+                 recorder=recorder, desc=desc).run(state)
+
+
+def _best(kind: str, rows: list[dict], target: float) -> float | None:
+    """The most aggressive grid value whose fine-tuned (else unconstrained-eval) accuracy is >= target."""
+    ok = [r["value"] for r in rows if (r["finetuned"] or r["before"])["accuracy"] >= target]
+    if not ok:
+        return None
+    return min(ok) if kind in ("time_steps", "weight_bits") else max(ok)
+
+
+def assemble(sp: SweepParams, snn_ref: dict, tight_ref: dict, results: list[dict]) -> dict:
+    """sweep.json: references, every setting by kind and value, and the summary of what stays within tolerance."""
+    by_kind: dict[str, dict[str, dict]] = {kind: {} for kind in KINDS}
+    for r in results:
+        by_kind[r["kind"]][fmt(r["value"])] = {k: v for k, v in r.items() if k != "kind"}
+    target = snn_ref["accuracy"] - sp.tolerance
+    return {
+        "snn": snn_ref,
+        "tight_windows": tight_ref,
+        "finetune_epochs": sp.finetune_epochs,
+        "jitter_seeds": sp.jitter_seeds,
+        "tolerance": sp.tolerance,
+        "within_tolerance": {kind: _best(kind, [r for r in results if r["kind"] == kind], target) for kind in KINDS},
+        "settings": by_kind,
+    }
+
+
+# -- outputs -----------------------------------------------------------------------------------------
+
+
+def rows_for(result: dict, kind: str) -> list[dict]:
+    """One CSV row per grid value, sorted by value."""
+    x = X_COLUMN[kind]
+    rows = []
+    for r in sorted(result["settings"][kind].values(), key=lambda r: r["value"]):
+        after = r["finetuned"] or {}
+        row = {x: r["value"], "accuracy_before": r["before"]["accuracy"], "accuracy_finetuned": after.get("accuracy"),
+               "spikes_per_neuron_before": r["before"]["spikes_per_neuron"],
+               "spikes_per_neuron_finetuned": after.get("spikes_per_neuron"), "latency": r["latency"],
+               "snn_accuracy": result["snn"]["accuracy"]}
+        if kind == "jitter":
+            row |= {"accuracy_before_std": r["before"]["accuracy_std"],
+                    "accuracy_finetuned_std": after.get("accuracy_std")}
+        rows.append(row)
+    return rows
+
+
+def csv_columns(kind: str) -> list[str]:
+    cols = [X_COLUMN[kind], "accuracy_before", "accuracy_finetuned"]
+    if kind == "jitter":
+        cols += ["accuracy_before_std", "accuracy_finetuned_std"]
+    return cols + ["spikes_per_neuron_before", "spikes_per_neuron_finetuned", "latency", "snn_accuracy"]
+
+
+_XLABEL = {"jitter": "spike-time jitter sigma (tau_c)", "time_steps": "time steps per window K",
+           "weight_bits": "weight bits b", "latency_factor": "latency reduction factor"}
+
+
+def plot_kind(path: Path, kind: str, result: dict, title: str) -> None:
+    """Accuracy against the grid value: without and with fine-tuning, the exact SNN as a reference line."""
+    from . import plots
+
+    plt = plots.plt
+    rows = rows_for(result, kind)
+    x = X_COLUMN[kind]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    xs = [r[x] for r in rows]
+    epochs = result["finetune_epochs"]
+    lines = [("accuracy_before", "without fine-tuning", "o"),
+             ("accuracy_finetuned", f"after {epochs} epoch{'s' if epochs != 1 else ''} of fine-tuning", "s")]
+    for column, label, marker in lines:
+        ys = [r[column] for r in rows]
+        if not rows or any(y is None for y in ys):
+            continue
+        err = [r[f"{column}_std"] for r in rows] if kind == "jitter" else None
+        ax.errorbar(xs, ys, yerr=err, marker=marker, capsize=3, label=label)
+    ax.axhline(result["snn"]["accuracy"], color="black", ls="--", lw=1, label="exact SNN (unconstrained)")
+    if kind in ("time_steps", "latency_factor"):
+        ax.axhline(result["tight_windows"]["accuracy"], color="grey", ls=":", lw=1,
+                   label=f"tight windows (q = {result['tight_windows']['quantile']:g})")
+    if kind in ("time_steps", "latency_factor") and xs and min(xs) > 0:
+        ax.set_xscale("log", base=2)
+    if kind in ("time_steps", "weight_bits", "latency_factor") and xs:
+        ax.set_xticks(xs, [fmt(v) for v in xs])
+    if not rows:
+        ax.text(0.5, 0.5, "no grid values", transform=ax.transAxes, ha="center", va="center")
+    ax.set(xlabel=_XLABEL[kind], ylabel="test accuracy", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    plots._save(fig, path)
+
+
+def output_files(paths: Paths) -> list[Path]:
+    return [paths.metrics("sweep")] + [paths.plot(f"{PLOT_NAME[k]}.{ext}") for k in KINDS for ext in ("csv", "png")]
+
+
+def write_outputs(paths: Paths, name: str, result: dict) -> None:
+    """metrics/<exp>/sweep.json, plots/<exp>/sweep_*.csv (dvc plots) and sweep_*.png."""
+    write_json(paths.metrics("sweep"), result)
+    for kind in KINDS:
+        write_csv(paths.plot(f"{PLOT_NAME[kind]}.csv"), rows_for(result, kind), csv_columns(kind))
+        plot_kind(paths.plot(f"{PLOT_NAME[kind]}.png"), kind, result, f"{name}: {kind.replace('_', ' ')}")
+
+
+def summary_metrics(result: dict) -> dict:
+    """Parent-run metrics: references, and before/finetuned accuracy per setting."""
+    out: dict[str, Any] = {"snn": result["snn"], "tight_windows": {k: v for k, v in result["tight_windows"].items()
+                                                                   if k not in ("windows", "samples")}}
+    for kind, settings in result["settings"].items():
+        for key, r in settings.items():
+            out[f"{kind}.{key}.before.accuracy"] = r["before"]["accuracy"]
+            if r["finetuned"] is not None:
+                out[f"{kind}.{key}.finetuned.accuracy"] = r["finetuned"]["accuracy"]
+    out["within_tolerance"] = {k: v for k, v in result["within_tolerance"].items() if v is not None}
+    return out
+
+
+__all__ = [
+    "KINDS", "MlflowRecorder", "NullRecorder", "Sweep", "SweepData", "SweepParams", "assemble", "code_version",
+    "load_params", "measure", "output_files", "parse_sweep", "plot_kind", "rows_for", "run_sweep", "setting_key",
+    "summary_metrics", "sweep_params", "write_outputs",
+]
