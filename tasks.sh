@@ -26,11 +26,20 @@ fashion_mnist() {
     fi
 }
 
+postgres() {
+    # The tuning tests start a throwaway PostgreSQL server (scripts/postgres_for_tests.sh) when one is installed.
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+        && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+    fi
+}
+
 case "${1:-}" in
     setup) setup ;;
     test)
         shift
         setup
+        postgres
         .venv/bin/python -m pytest -m "not slow" "$@"
         ;;
     repro)

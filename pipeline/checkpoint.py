@@ -45,16 +45,19 @@ def remove(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """Every random stream training touches: the batch shuffle, torch's global RNG (dropout), CUDA's."""
-    state = {"batches": generator.get_state(), "torch": torch.get_rng_state()}
+def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    """Every random stream training touches: the named generators (batch shuffle, augmentation),
+    torch's global RNG (dropout) and CUDA's."""
+    state: dict[str, Any] = {name: g.get_state() for name, g in generators.items()}
+    state["torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
-    generator.set_state(state["batches"])
+def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    for name, g in generators.items():
+        g.set_state(state[name])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -181,7 +181,8 @@ def read_idx(content: bytes, where: str) -> np.ndarray:
     header = 4 + 4 * ndim
     dims = [int.from_bytes(content[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     if len(content) != header + int(np.prod(dims)):
-        raise ChecksumError(f"{where}: truncated or padded ({len(content)} bytes, header says {header + np.prod(dims)})")
+        expected = header + int(np.prod(dims))
+        raise ChecksumError(f"{where}: truncated or padded ({len(content)} bytes, the header says {expected})")
     return np.frombuffer(content, dtype=np.uint8, offset=header).reshape(dims)
 
 

@@ -77,6 +77,7 @@ class PretrainParams:
     decay_steps: int = field(default=5000, metadata={"min": 1})
     weight_decay: float = field(default=0.0, metadata={"min": 0.0})
     l1: float = field(default=0.0, metadata={"min": 0.0})
+    augment: Literal["none", "crop_flip"] = "none"  # crop_flip: CIFAR's 4-pixel shifts and mirror images
     eval_batch_size: int = field(default=1000, metadata={"min": 1})
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
@@ -105,6 +106,7 @@ class FinetuneParams:
     decay_steps: int = field(default=5000, metadata={"min": 1})
     weight_decay: float = field(default=0.0, metadata={"min": 0.0})
     l1: float = field(default=0.0, metadata={"min": 0.0})
+    augment: Literal["none", "crop_flip"] = "none"
     kappa: float = field(default=10.0, metadata={"gt": 0.0})
     adapt_windows: bool = True
     zeta: float = field(default=0.5, metadata={"min": 0.0})  # initial windows in scratch mode
@@ -318,9 +320,10 @@ def parse(raw: Any) -> Params:
     """Validate the whole params mapping (as loaded from params.yaml)."""
     if not isinstance(raw, dict):
         raise ParamsError(f"params.yaml: expected a mapping at the top level, got {_describe(raw)}")
-    unknown = sorted(set(raw) - {"data", "experiments"})
+    unknown = sorted(k for k in set(raw) - {"data", "experiments"} if not str(k).startswith("x-"))
     if unknown:
-        raise ParamsError(f"{unknown[0]}: unknown top-level section; allowed: data, experiments")
+        raise ParamsError(f"{unknown[0]}: unknown top-level section; allowed: data, experiments "
+                          "(and x-... keys holding YAML anchors)")
     data = raw.get("data") or {}
     if not isinstance(data, dict) or set(data) - {"datasets"}:
         extra = sorted(set(data) - {"datasets"}) if isinstance(data, dict) else []

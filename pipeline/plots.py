@@ -50,7 +50,8 @@ def spike_time_histogram(path: Path, edges: list[float], counts: list[list[int]]
     width = edges[1] - edges[0]
     for n, layer_counts in enumerate(counts, start=1):
         ax.step(centres, layer_counts, where="mid", label=f"layer {n}")
-    ax.set(xlabel="(t - t_min) / window width", ylabel="spikes", title=title, xlim=(edges[0] - width, edges[-1] + width))
+    ax.set(xlabel="(t - t_min) / window width", ylabel="spikes", title=title,
+           xlim=(edges[0] - width, edges[-1] + width))
     ax.legend(fontsize="small")
     fig.tight_layout()
     _save(fig, path)

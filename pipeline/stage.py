@@ -8,6 +8,7 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from functools import cached_property
 
 import torch
 
+from ttfs import SNN, convert, zoo
 from ttfs.train import DivergenceError, TensorBatches
 
 from . import params as P
@@ -40,7 +42,7 @@ def run(stage: str, body: Callable[[str, P.Params], None], argv: list[str] | Non
     except P.ParamsError as e:
         print(f"invalid params: {e}", file=sys.stderr)
         return EXIT_PARAMS
-    except (DataNotFoundError, ChecksumError, DivergenceError, ConversionError) as e:
+    except (DataNotFoundError, ChecksumError, DivergenceError, ConversionError, NotImplementedError) as e:
         print(f"{stage} {args.name} failed: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -51,6 +53,17 @@ def run(stage: str, body: Callable[[str, P.Params], None], argv: list[str] | Non
 
 def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+class _Calibration:
+    """Re-iterable float64 batches of inputs (convert() reads the first batch, then all of them)."""
+
+    def __init__(self, x: torch.Tensor, batch_size: int, device: torch.device):
+        self.x, self.batch_size, self.device = x, batch_size, device
+
+    def __iter__(self):
+        for chunk in self.x.split(self.batch_size):
+            yield chunk.to(self.device, torch.float64)
 
 
 @dataclass
@@ -93,6 +106,19 @@ class Experiment:
         dtype = dtype or self.dtype
         return TensorBatches(x.to(self.device, dtype), y.to(self.device), batch_size, shuffle=shuffle,
                              seed=self.params.seed, device=self.device, dtype=dtype)
+
+    def fresh_model(self) -> torch.nn.Module:
+        """The experiment's zoo model, freshly initialised from its seed (same seed, same weights)."""
+        torch.manual_seed(self.params.seed)
+        return zoo.create_model(self.params.model.name, in_shape=self.data.in_shape,
+                                num_classes=self.data.num_classes, **self.params.model.kwargs())
+
+    def calibrated_snn(self, relu: torch.nn.Module, samples: int | None, zeta: float, batch_size: int) -> SNN:
+        """B1 SNN of ``relu`` in float64, windows (1 + zeta) X_n from the first ``samples`` training inputs."""
+        x = self.data.train_x if samples is None else self.data.train_x[:samples]
+        relu64 = copy.deepcopy(relu).to(self.device, torch.float64)
+        return convert(relu64, _Calibration(x, batch_size, self.device), in_range=self.data.in_range, zeta=zeta,
+                       dtype=torch.float64)
 
     def lineage(self) -> dict:
         """Input identity recorded in model files (deterministic: checksums, never run ids)."""

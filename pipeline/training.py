@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from ttfs.train import TensorBatches, evaluate, exponential_decay, train_epoch
@@ -31,6 +32,34 @@ def optimizer_for(model: nn.Module, p: PretrainParams | FinetuneParams):
     return opt, exponential_decay(opt, p.lr_decay, p.decay_steps)
 
 
+def crop_flip(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
+    """Random shifts of up to ``pad`` pixels (zero fill) and horizontal flips, one draw per sample."""
+    n, _, h, w = x.shape
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    rows = offsets[0, :, None] + torch.arange(h, device=x.device)
+    cols = offsets[1, :, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    return padded[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(
+        0, 3, 1, 2)
+
+
+class Augmented:
+    """Training batches passed through :func:`crop_flip` with their own seeded generator."""
+
+    def __init__(self, batches: TensorBatches, seed: int):
+        self.batches = batches
+        self.generator = torch.Generator().manual_seed(seed + 1)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for x, y in self.batches:
+            yield crop_flip(x, self.generator), y
+
+
 def fit(
     model: nn.Module,
     train: TensorBatches,
@@ -40,19 +69,23 @@ def fit(
     state: dict | None,
     run: StageRun,
     desc: str,
+    seed: int = 0,
 ) -> list[dict]:
     """Train for ``p.epochs`` epochs from ``state`` (a loaded checkpoint) or from scratch; returns the curve.
 
-    After every epoch the test metrics go to MLflow and a checkpoint is written. DivergenceError from
+    ``seed`` seeds the augmentation stream (if ``p.augment`` asks for one). After every epoch the test
+    metrics go to MLflow and a checkpoint is written. DivergenceError from
     :func:`ttfs.train.train_epoch` propagates; the previous epoch's checkpoint stays in place.
     """
     opt, scheduler = optimizer_for(model, p)
+    augmented = Augmented(train, seed) if p.augment == "crop_flip" else None
+    generators = {"batches": train.generator} | ({"augment": augmented.generator} if augmented else {})
     history: list[dict] = []
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        checkpoint.restore_rng(state["rng"], train.generator)
+        checkpoint.restore_rng(state["rng"], generators)
         history = state["history"]
         print(f"{desc}: resuming after epoch {len(history)} from {ckpt_path}", file=sys.stderr)
         if not run.resumed:  # the checkpoint's run is gone (other tracking store): replay its curve
@@ -62,7 +95,7 @@ def fit(
     if isinstance(p, FinetuneParams):
         kwargs |= {"kappa": p.kappa, "adapt_windows": p.adapt_windows}
     for epoch in range(len(history) + 1, p.epochs + 1):
-        batches = tqdm(train, total=len(train), desc=f"{desc} epoch {epoch}/{p.epochs}", unit="batch",
+        batches = tqdm(augmented or train, total=len(train), desc=f"{desc} epoch {epoch}/{p.epochs}", unit="batch",
                        mininterval=2.0, leave=False, file=sys.stderr)
         stats = train_epoch(model, batches, opt, scheduler=scheduler, **kwargs)
         test_stats = evaluate(model, test)
@@ -75,7 +108,7 @@ def fit(
               f" | test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}", file=sys.stderr, flush=True)
         checkpoint.save(ckpt_path, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": checkpoint.rng_state(train.generator), "history": history, "run_id": run.run_id,
+            "rng": checkpoint.rng_state(generators), "history": history, "run_id": run.run_id,
         })
     return history
 

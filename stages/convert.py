@@ -16,27 +16,7 @@ from pipeline import params as P
 from pipeline.artifacts import load_relu, save_snn, write_json
 from pipeline.stage import ConversionError, Experiment, log_deltas, reference_run, run
 from pipeline.tracking import Tracker
-from ttfs import convert
 from ttfs.metrics import compare_to_relu
-
-
-class Calibration:
-    """Re-iterable float64 batches of training inputs (convert() reads the first batch, then all)."""
-
-    def __init__(self, x: torch.Tensor, batch_size: int, device: torch.device):
-        self.x, self.batch_size, self.device = x, batch_size, device
-
-    def __iter__(self):
-        for chunk in self.x.split(self.batch_size):
-            yield chunk.to(self.device, torch.float64)
-
-
-def calibrated_snn(relu: torch.nn.Module, exp: Experiment, samples: int | None, zeta: float, batch_size: int):
-    """B1 SNN of ``relu`` in float64, windows from the largest activations on the training inputs."""
-    x = exp.data.train_x if samples is None else exp.data.train_x[:samples]
-    relu64 = copy.deepcopy(relu).to(exp.device, torch.float64)
-    return convert(relu64, Calibration(x, batch_size, exp.device), in_range=exp.data.in_range, zeta=zeta,
-                   dtype=torch.float64)
 
 
 def convert_stage(name: str, params: P.Params) -> None:
@@ -45,7 +25,7 @@ def convert_stage(name: str, params: P.Params) -> None:
     p = exp.params.convert
     paths = exp.paths
     relu, lineage = load_relu(paths.relu)
-    snn64 = calibrated_snn(relu, exp, p.calibration_samples, p.zeta, p.batch_size)
+    snn64 = exp.calibrated_snn(relu, p.calibration_samples, p.zeta, p.batch_size)
     exact = compare_to_relu(copy.deepcopy(relu).to(exp.device, torch.float64), snn64,
                             exp.batches("test", p.batch_size, shuffle=False, dtype=torch.float64), split="test")
     snn = copy.deepcopy(snn64).to(exp.dtype)
@@ -60,9 +40,10 @@ def convert_stage(name: str, params: P.Params) -> None:
         "snn_accuracy": exact["snn_accuracy"],
         "spikes_per_neuron": exact["spikes_per_neuron"],
         "latency": exact["latency"],
+        "clipped_inputs": exact["clipped_inputs"],
         "windows": [float(d) for d in snn64.deltas.tolist()],
-        "float64": exact,
-        exp.params.dtype: working,
+        exp.params.dtype: {k: working[k] for k in ("agreement", "max_abs_logit_diff", "max_rel_logit_diff",
+                                                   "snn_accuracy")},
     }
     write_json(paths.metrics("convert"), metrics)
     stage_params = exp.stage_params("convert")
@@ -70,8 +51,7 @@ def convert_stage(name: str, params: P.Params) -> None:
     tags = exp.tags("snn") | {"params_hash": P.params_hash(stage_params)}
     with tracker.run(f"convert@{name}", stage_params, tags) as mlrun:
         reference = reference_run(tracker, exp, lineage["pretrain_params_hash"])
-        mlrun.log_metrics({k: v for k, v in metrics.items() if k not in ("float64", exp.params.dtype)})
-        mlrun.log_metrics({exp.params.dtype: working})
+        mlrun.log_metrics(metrics)
         log_deltas(mlrun, reference, {"test_accuracy": exact["snn_accuracy"]})
         rel = exact["max_rel_logit_diff"]
         if exact["agreement"] < 1.0 or rel is None or rel > p.rel_tolerance:

@@ -7,8 +7,8 @@ import sys
 
 import torch
 
-from pipeline import plots
 from pipeline import params as P
+from pipeline import plots
 from pipeline.artifacts import load_relu, load_snn, write_csv, write_json
 from pipeline.stage import Experiment, log_deltas, reference_run, run
 from pipeline.tracking import Tracker
@@ -76,6 +76,7 @@ def evaluate_stage(name: str, params: P.Params) -> None:
         "spikes_per_neuron_per_layer": _per_layer(stats["spikes_per_neuron_per_layer"]),
         "hidden_neurons": stats["hidden_neurons"],
         "causality_violations": stats["causality_violations"],
+        "clipped_inputs": stats["clipped_inputs"],
         "synops_per_sample": stats["synops_per_sample"],
         "synops_per_layer": _per_layer(stats["synops_per_layer"]),
         "macs_per_sample": cost["total"],

@@ -16,8 +16,6 @@ from pipeline.data import sha256_file
 from pipeline.stage import Experiment, log_deltas, reference_run, run
 from pipeline.tracking import Tracker, project_root
 from pipeline.training import CURVE_COLUMNS, fit
-from stages.convert import calibrated_snn
-from stages.pretrain import build_model
 from ttfs import to_relu
 from ttfs.metrics import compare_to_relu
 from ttfs.train import evaluate
@@ -32,7 +30,7 @@ def finetune(name: str, params: P.Params) -> None:
     if p.mode == "converted":
         snn, start = converted, sha256_file(paths.converted)
     else:
-        snn = calibrated_snn(build_model(exp), exp, p.calibration_samples, p.zeta, p.eval_batch_size)
+        snn = exp.calibrated_snn(exp.fresh_model(), p.calibration_samples, p.zeta, p.eval_batch_size)
         start = "scratch"
     snn = snn.to(exp.device, exp.dtype)
     stage_params = exp.stage_params("finetune")
@@ -44,7 +42,7 @@ def finetune(name: str, params: P.Params) -> None:
     tags = exp.tags("snn") | {"params_hash": P.params_hash(stage_params), "finetune_mode": p.mode}
     with tracker.run(f"finetune@{name}", stage_params, tags, resume=state and state["run_id"]) as mlrun:
         reference = reference_run(tracker, exp, lineage["pretrain_params_hash"])
-        history = fit(snn, train, test, p, ckpt, state, mlrun, f"finetune {name}")
+        history = fit(snn, train, test, p, ckpt, state, mlrun, f"finetune {name}", exp.params.seed)
         final = evaluate(snn, test)
         exactness = compare_to_relu(to_relu(snn), snn, test, split="test")
         metrics = {"test_accuracy": final["accuracy"], "test_loss": final["loss"], "epochs": len(history),

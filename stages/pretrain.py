@@ -14,15 +14,7 @@ from pipeline.data import ChecksumError, sha256_file
 from pipeline.stage import Experiment, run
 from pipeline.tracking import REFERENCE, Tracker, project_root
 from pipeline.training import CURVE_COLUMNS, fit
-from ttfs import zoo
 from ttfs.train import evaluate
-
-
-def build_model(exp: Experiment) -> torch.nn.Module:
-    """A freshly initialised zoo model for the experiment's data (seeded: same seed, same weights)."""
-    torch.manual_seed(exp.params.seed)
-    return zoo.create_model(exp.params.model.name, in_shape=exp.data.in_shape, num_classes=exp.data.num_classes,
-                            **exp.params.model.kwargs())
 
 
 def load_given(model: torch.nn.Module, p: P.PretrainParams, name: str) -> None:
@@ -41,7 +33,7 @@ def pretrain(name: str, params: P.Params) -> None:
     p = exp.params.pretrain
     stage_params = exp.stage_params("pretrain")
     params_hash = P.params_hash(stage_params)
-    model = build_model(exp).to(exp.device, exp.dtype)
+    model = exp.fresh_model().to(exp.device, exp.dtype)
     test = exp.batches("test", p.eval_batch_size, shuffle=False)
     ckpt = checkpoint.path_for(project_root(), name, "pretrain", P.params_hash(stage_params, exp.lineage()))
     state = checkpoint.load(ckpt)
@@ -52,7 +44,7 @@ def pretrain(name: str, params: P.Params) -> None:
             history = []
         else:
             train = exp.batches("train", p.batch_size, shuffle=True)
-            history = fit(model, train, test, p, ckpt, state, mlrun, f"pretrain {name}")
+            history = fit(model, train, test, p, ckpt, state, mlrun, f"pretrain {name}", exp.params.seed)
         final = evaluate(model, test)
         train_final = evaluate(model, exp.batches("train", p.eval_batch_size, shuffle=False))
         metrics = {"test_accuracy": final["accuracy"], "test_loss": final["loss"],

@@ -1,0 +1,27 @@
+"""Shared fixtures for the pipeline tests."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+TINY_PARAMS = {
+    "data": {"datasets": {"synthetic": {"train_size": 256, "test_size": 128, "shape": [1, 28, 28], "classes": 4}}},
+    "experiments": {
+        "tiny_fc2": {
+            "dataset": "synthetic", "seed": 0, "device": "cpu", "dtype": "float32",
+            "model": {"name": "fc2", "width": 32},
+            "pretrain": {"epochs": 2, "batch_size": 16, "lr": 1e-3},
+            "convert": {},
+            "finetune": {"mode": "converted", "epochs": 1, "batch_size": 16, "lr": 1e-4},
+            "evaluate": {"batch_size": 128},
+        },
+    },
+}
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    """A valid params.yaml mapping: one synthetic dataset, one tiny FC2 experiment (a fresh copy)."""
+    return copy.deepcopy(TINY_PARAMS)

@@ -1,0 +1,144 @@
+"""Pipeline building blocks in-process: resumable training, divergence, checkpoints, model files, tracking."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from pipeline import artifacts, checkpoint, tracking
+from pipeline.params import FinetuneParams, PretrainParams
+from pipeline.training import crop_flip, fit
+from ttfs import convert
+from ttfs.train import DivergenceError, TensorBatches
+from ttfs.zoo import create_model
+
+
+class _Run:
+    """Stands in for an MLflow run where only the training loop is under test."""
+
+    resumed, run_id = True, "stub"
+
+    def __init__(self):
+        self.logged: list[tuple[int, dict]] = []
+
+    def log_metrics(self, values: dict, step: int = 0) -> None:
+        self.logged.append((step, values))
+
+
+def _data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(3, (n,), generator=g)
+    x = torch.rand(n, 1, 12, 12, generator=g) * 0.3 + y.float().reshape(-1, 1, 1, 1) / 3
+    return x, y
+
+
+def _setup(epochs: int, seed: int = 0):
+    x, y = _data()
+    torch.manual_seed(seed)
+    model = create_model("fc2", in_shape=(1, 12, 12), num_classes=3, width=16, dropout=0.2)
+    p = PretrainParams(epochs=epochs, batch_size=8, lr=1e-2, decay_steps=7, augment="crop_flip")
+    return model, TensorBatches(x, y, 8, seed=seed), TensorBatches(x, y, 32, shuffle=False), p
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    model, train, test, p = _setup(epochs=3)
+    full = fit(model, train, test, p, tmp_path / "a.pt", None, _Run(), "full")
+    # interrupted after epoch 1: a fresh process rebuilds everything, then resumes from the checkpoint
+    model1, train1, test1, p1 = _setup(epochs=1)
+    fit(model1, train1, test1, p1, tmp_path / "b.pt", None, _Run(), "part")
+    model2, train2, test2, p2 = _setup(epochs=3)
+    resumed = fit(model2, train2, test2, p2, tmp_path / "b.pt", checkpoint.load(tmp_path / "b.pt"), _Run(), "rest")
+    assert resumed == full
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_snn_resume_restores_adapted_windows(tmp_path):
+    x, y = _data()
+    relu = create_model("fc2", in_shape=(1, 12, 12), num_classes=3, width=16)
+    p = FinetuneParams(epochs=2, batch_size=8, lr=1e-2)
+    snn = convert(relu, x)
+    history = fit(snn, TensorBatches(x, y, 8), TensorBatches(x, y, 32, shuffle=False), p, tmp_path / "c.pt", None,
+                  _Run(), "snn")
+    state = checkpoint.load(tmp_path / "c.pt")
+    assert torch.equal(state["model"]["deltas"], snn.deltas) and state["history"] == history
+
+
+class _Exploding(TensorBatches):
+    """Finite inputs in the first epoch, infinite ones afterwards: the loss turns NaN in epoch 2."""
+
+    epochs = 0
+
+    def __iter__(self):
+        self.epochs += 1
+        for x, y in super().__iter__():
+            yield (x if self.epochs == 1 else x * float("inf")), y
+
+
+def test_divergence_keeps_the_last_checkpoint_and_fails_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model, _, test, p = _setup(epochs=3)
+    x, y = _data()
+    train = _Exploding(x, y, 8)
+    path = tmp_path / "ckpt.pt"
+    tracker = tracking.Tracker("diverging")
+    with pytest.raises(DivergenceError), tracker.run("pretrain@diverging", {}, {"role": "reference"}) as run:
+        fit(model, train, test, p, path, None, run, "diverging")
+    state = checkpoint.load(path)
+    assert len(state["history"]) == 1 and state["run_id"] == run.run_id
+    failed = tracker.client.get_run(run.run_id)
+    assert failed.info.status == "FAILED" and failed.data.tags["error"].startswith("DivergenceError")
+
+
+def test_checkpoint_writes_are_atomic(tmp_path):
+    path = tmp_path / "x" / "c.pt"
+    checkpoint.save(path, {"epoch": 1})
+    checkpoint.save(path, {"epoch": 2})
+    assert checkpoint.load(path) == {"epoch": 2}
+    assert [p.name for p in path.parent.iterdir()] == ["c.pt"]  # no temporary files left behind
+    path.write_bytes(path.read_bytes()[:5])  # damaged by something else: reported and ignored
+    assert checkpoint.load(path) is None
+
+
+def test_crop_flip_shifts_and_mirrors_deterministically():
+    x = torch.arange(2 * 2 * 5 * 5, dtype=torch.float32).reshape(2, 2, 5, 5)
+    a = crop_flip(x, torch.Generator().manual_seed(0), pad=2)
+    b = crop_flip(x, torch.Generator().manual_seed(0), pad=2)
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert torch.equal(crop_flip(x, torch.Generator().manual_seed(0), pad=0).flip(-1).sort(-1).values,
+                       x.sort(-1).values)  # with no padding only the mirroring remains
+
+
+def test_model_files_are_deterministic_and_round_trip(tmp_path):
+    x, _ = _data()
+    relu = create_model("lenet5", in_shape=(1, 28, 28), batch_norm=True)
+    relu.eval()
+    artifacts.save_relu(tmp_path / "a.pt", relu, {"k": 1})
+    artifacts.save_relu(tmp_path / "b.pt", relu, {"k": 1})
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    loaded, lineage = artifacts.load_relu(tmp_path / "a.pt")
+    z = torch.rand(4, 1, 28, 28)
+    assert lineage == {"k": 1} and torch.equal(loaded(z), relu(z))
+    snn = convert(relu, torch.rand(16, 1, 28, 28))
+    artifacts.save_snn(tmp_path / "s.pt", snn, {"k": 2})
+    artifacts.save_snn(tmp_path / "t.pt", snn, {"k": 2})
+    assert (tmp_path / "s.pt").read_bytes() == (tmp_path / "t.pt").read_bytes()
+    loaded_snn, _ = artifacts.load_snn(tmp_path / "s.pt")
+    assert torch.equal(loaded_snn(z), snn(z)) and torch.equal(loaded_snn.deltas, snn.deltas)
+
+
+def test_tracking_paths_are_absolute_and_survive_dvc_temp_copies(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    assert tracking.project_root() == tmp_path.resolve()
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking.tracking_uri() == "http://tracking.example:5000"
+    assert tracking.artifact_location("http://tracking.example:5000", "e") is None
+    location = tracking.artifact_location(f"sqlite:///{tmp_path}/db/mlflow.db", "fmnist_fc2")
+    assert location == (tmp_path / "db" / "mlartifacts" / "fmnist_fc2").as_uri()
+    assert os.path.isabs(location.removeprefix("file://"))

@@ -1,0 +1,268 @@
+"""End to end: the real `dvc repro` in a temporary git repository, on synthetic data with tiny models.
+
+One repository is built per module and reproduced once; the tests then inspect it and perturb it in
+order (no-op rerun, kill -9 and resume, bad params, divergence, missing data), restoring it after each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+COPIED = ("pipeline", "stages", "ttfs", "dvc.yaml", ".gitignore")
+STAGES = ("pretrain", "convert", "finetune", "evaluate")
+
+TINY = {
+    "data": {"datasets": {"synthetic": {"train_size": 512, "test_size": 256, "shape": [1, 28, 28], "classes": 4}}},
+    "experiments": {
+        "tiny_fc2": {  # the paper's fMNIST setting in small: the SNN is trained from scratch like the ReLU net
+            "dataset": "synthetic", "seed": 0, "device": "cpu", "dtype": "float32",
+            "model": {"name": "fc2", "width": 32},
+            "pretrain": {"epochs": 3, "batch_size": 16, "lr": 1e-3},
+            "convert": {},
+            "finetune": {"mode": "scratch", "epochs": 3, "batch_size": 16, "lr": 1e-3},
+            "evaluate": {"batch_size": 128},
+        },
+        "tiny_lenet5": {  # batch norm to fuse; small batches so that an epoch lasts long enough to be killed
+            "dataset": "synthetic", "seed": 1, "device": "cpu", "dtype": "float32",
+            "model": {"name": "lenet5", "batch_norm": True},
+            "pretrain": {"epochs": 4, "batch_size": 2, "lr": 5e-4},
+            "convert": {"zeta": 0.5},
+            "finetune": {"mode": "converted", "epochs": 1, "batch_size": 16, "lr": 1e-4},
+            "evaluate": {"batch_size": 128},
+        },
+    },
+}
+
+pytestmark = pytest.mark.skipif(not (BIN / "dvc").exists() or shutil.which("git") is None,
+                                reason="needs dvc in the interpreter's environment and git")
+
+
+class Repo:
+    def __init__(self, path: Path, tracking: Path):
+        self.path, self.tracking = path, tracking
+        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                    "MLFLOW_TRACKING_URI": f"sqlite:///{tracking}", "GIT_AUTHOR_NAME": "t",
+                    "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+                    "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}  # tiny models: threads only contend
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        out = subprocess.run(cmd, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        return out
+
+    def json(self, rel: str) -> dict:
+        return json.loads((self.path / rel).read_text())
+
+    def set_params(self, params: dict) -> None:
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def restore(self) -> None:
+        self.run("git", "checkout", "--", "params.yaml", "dvc.lock")
+        self.run("dvc", "checkout", "--force", check=False)
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(f"sqlite:///{self.tracking}")
+
+    def runs(self, experiment: str, stage: str | None = None) -> list:
+        client = self.client()
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+        return [r for r in runs if stage is None or r.data.tags.get("dvc_stage") == f"{stage}@{experiment}"]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Repo:
+    base = tmp_path_factory.mktemp("e2e")
+    path = base / "repo"
+    path.mkdir()
+    for name in COPIED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, path / name)
+    r = Repo(path, base / "tracking" / "mlflow.db")
+    r.set_params(TINY)
+    r.run("git", "init", "-q")
+    r.run("dvc", "init", "-q")
+    r.run("git", "add", "-A")
+    r.run("git", "commit", "-qm", "pipeline")
+    start = time.monotonic()
+    r.first = r.run("dvc", "repro", timeout=600)
+    r.first_seconds = time.monotonic() - start
+    r.run("git", "add", "-A")
+    r.run("git", "commit", "-qm", "reproduced")
+    return r
+
+
+def test_repro_writes_every_stage_output(repo):
+    for name in ("train.pt", "test.pt", "meta.json"):
+        assert (repo.path / "data/prepared/synthetic" / name).is_file()
+    meta = repo.json("data/prepared/synthetic/meta.json")
+    assert meta["in_shape"] == [1, 28, 28] and meta["num_classes"] == 4 and (meta["p"], meta["q"]) == (0.0, 1.0)
+    for exp in TINY["experiments"]:
+        for model in ("relu.pt", "snn_converted.pt", "snn.pt"):
+            assert (repo.path / "models" / exp / model).is_file()
+        for stage in STAGES:
+            assert (repo.path / "metrics" / exp / f"{stage}.json").is_file()
+        for plot in ("pretrain_curve.csv", "pretrain_curve.png", "finetune_curve.csv", "finetune_curve.png",
+                     "spikes_per_layer.csv", "spikes_per_layer.png", "spike_times.csv", "spike_times.png",
+                     "raster.png"):
+            assert (repo.path / "plots" / exp / plot).stat().st_size > 0, plot
+        curve = (repo.path / "plots" / exp / "pretrain_curve.csv").read_text().splitlines()
+        assert len(curve) == 1 + TINY["experiments"][exp]["pretrain"]["epochs"]
+        assert not list((repo.path / "checkpoints").glob(f"{exp}/*.pt"))  # removed once a stage finishes
+        evaluate = repo.json(f"metrics/{exp}/evaluate.json")
+        assert evaluate["snn_accuracy"] > 0.8 and evaluate["relu_accuracy"] > 0.8
+        assert 0 < evaluate["spikes_per_neuron"] < 1 and evaluate["synops_per_sample"] > 0
+        assert evaluate["energy_pj"]["snn_pj"] > 0 and evaluate["latency"] > 0
+    assert repo.first_seconds < 180, f"the tiny pipeline took {repo.first_seconds:.0f} s"
+
+
+def test_conversion_is_exact(repo):
+    for exp in TINY["experiments"]:
+        convert = repo.json(f"metrics/{exp}/convert.json")
+        assert convert["agreement"] == 1.0
+        assert convert["max_rel_logit_diff"] <= 1e-9
+        assert convert["snn_accuracy"] == convert["relu_accuracy"]
+        assert convert["causality_violations"] == 0
+        assert repo.json(f"metrics/{exp}/finetune.json")["equivalent_relu_agreement"] == 1.0
+        assert repo.json(f"metrics/{exp}/evaluate.json")["equivalent_relu"]["agreement"] == 1.0
+    # without fine-tuning steps that moved it far, the converted LeNet still agrees with its reference
+    assert repo.json("metrics/tiny_lenet5/evaluate.json")["agreement_with_reference"] > 0.95
+
+
+def test_mlflow_runs_tags_and_reference(repo):
+    commit = repo.run("git", "rev-parse", "HEAD~1").stdout.strip()
+    assert repo.runs("datasets", None)[0].data.tags["dvc_stage"] == "prepare@synthetic"
+    for exp, spec in TINY["experiments"].items():
+        runs = {stage: repo.runs(exp, stage) for stage in STAGES}
+        assert all(len(r) == 1 for r in runs.values()), {k: len(v) for k, v in runs.items()}
+        reference = runs["pretrain"][0]
+        assert reference.data.tags["role"] == "reference"
+        for stage, (run,) in runs.items():
+            tags = run.data.tags
+            assert run.info.status == "FINISHED"
+            assert tags["git_commit"] == commit and tags["dvc_stage"] == f"{stage}@{exp}"
+            assert len(tags["params_hash"]) == 16
+            if stage != "pretrain":
+                assert tags["reference_run_id"] == reference.info.run_id
+                assert "delta.test_accuracy" in run.data.metrics
+        assert reference.data.params["pretrain.lr"] == str(float(spec["pretrain"]["lr"]))
+        history = repo.client().get_metric_history(reference.info.run_id, "test_accuracy")
+        assert [m.step for m in history] == list(range(1, spec["pretrain"]["epochs"] + 1))
+        artifacts = [a.path for a in repo.client().list_artifacts(reference.info.run_id, "model")]
+        assert artifacts == ["model/relu.pt"]
+    assert (repo.tracking.parent / "mlartifacts" / "tiny_fc2").is_dir()  # next to the database, not in the repo
+    assert not (repo.path / "mlflow.db").exists()
+
+
+def test_dvc_metrics_plots_and_exp_show(repo):
+    metrics = json.loads(repo.run("dvc", "metrics", "show", "--json").stdout)
+    (workspace,) = metrics.values()
+    assert workspace["data"]["metrics/tiny_fc2/evaluate.json"]["data"]["spikes_per_neuron"] > 0
+    plots = json.loads(repo.run("dvc", "plots", "show", "--json").stdout)
+    assert "plots/tiny_lenet5/pretrain_curve.csv" in plots["data"]
+    (workspace, *_) = json.loads(repo.run("dvc", "exp", "show", "--json").stdout)
+    assert workspace["data"]["metrics"]["metrics/tiny_fc2/convert.json"]["data"]["agreement"] == 1.0
+
+
+def test_second_repro_runs_nothing(repo):
+    lock = (repo.path / "dvc.lock").read_text()
+    start = time.monotonic()
+    out = repo.run("dvc", "repro")
+    assert time.monotonic() - start < 15
+    assert "Running stage" not in out.stdout + out.stderr
+    assert (repo.path / "dvc.lock").read_text() == lock
+
+
+def test_kill_and_resume_gives_the_uninterrupted_result(repo):
+    exp, stage = "tiny_lenet5", "pretrain@tiny_lenet5"
+    params = yaml.safe_load((repo.path / "params.yaml").read_text())
+    params["experiments"][exp]["pretrain"]["lr"] = 4e-4  # a change DVC has no cached result for
+    repo.set_params(params)
+    checkpoints = repo.path / "checkpoints" / exp
+    try:
+        proc = subprocess.Popen(["dvc", "repro", stage], cwd=repo.path, env=repo.env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not list(checkpoints.glob("pretrain-*.pt")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage, like kill -9 of the process group
+        proc.wait()
+        assert list(checkpoints.glob("pretrain-*.pt")), "the stage finished before it could be killed"
+        assert not (repo.path / "models" / exp / "relu.pt").exists()  # DVC removed the output before running
+        killed = repo.runs(exp, "pretrain")[-1]
+
+        out = repo.run("dvc", "repro", stage)
+        assert "resuming after epoch" in out.stderr
+        assert not list(checkpoints.glob("*.pt"))
+        resumed = (repo.json(f"metrics/{exp}/pretrain.json"), (repo.path / "dvc.lock").read_text())
+        run = repo.client().get_run(killed.info.run_id)
+        assert run.info.status == "FINISHED"  # the killed run was continued, not abandoned
+        steps = [m.step for m in repo.client().get_metric_history(killed.info.run_id, "test_accuracy")]
+        assert sorted(set(steps)) == list(range(1, 5))
+
+        out = repo.run("dvc", "repro", "-f", stage)  # the same, uninterrupted
+        assert "resuming" not in out.stderr
+        assert (repo.json(f"metrics/{exp}/pretrain.json"), (repo.path / "dvc.lock").read_text()) == resumed
+    finally:
+        repo.restore()
+
+
+def test_invalid_param_from_dvc_exp_run_names_the_key(repo):
+    try:
+        out = repo.run("dvc", "exp", "run", "-S", "experiments.tiny_fc2.evaluate.batch_size=abc", check=False)
+        assert out.returncode != 0
+        assert "experiments.tiny_fc2.evaluate.batch_size: expected an integer, got 'abc'" in out.stdout + out.stderr
+        repo.restore()
+        out = repo.run("dvc", "exp", "run", "-S", "experiments.tiny_fc2.finetune.lr=1e-05")
+        assert yaml.safe_load((repo.path / "params.yaml").read_text())["experiments"]["tiny_fc2"]["finetune"][
+            "lr"] == "1e-05"  # what YAML 1.1 sees; the stage coerced it
+        assert "Running stage 'finetune@tiny_fc2'" in out.stdout
+        assert repo.runs("tiny_fc2", "finetune")[-1].data.params["finetune.lr"] == "1e-05"
+    finally:
+        repo.restore()
+
+
+def test_divergence_fails_the_stage_and_the_run(repo):
+    params = yaml.safe_load((repo.path / "params.yaml").read_text())
+    params["experiments"]["diverge"] = {**params["experiments"]["tiny_fc2"],
+                                        "pretrain": {"epochs": 2, "batch_size": 16, "lr": 1e30}}
+    repo.set_params(params)
+    try:
+        out = repo.run("dvc", "repro", "pretrain@diverge", check=False)
+        assert out.returncode != 0
+        assert "pretrain diverge failed: DivergenceError: training loss became" in out.stdout + out.stderr
+        (run,) = repo.runs("diverge", "pretrain")
+        assert run.info.status == "FAILED" and "DivergenceError" in run.data.tags["error"]
+    finally:
+        repo.restore()
+
+
+def test_missing_dataset_fails_with_the_sources_tried(repo):
+    params = yaml.safe_load((repo.path / "params.yaml").read_text())
+    params["data"]["datasets"]["mnist"] = {"root": str(repo.path / "nowhere"), "download": False}
+    repo.set_params(params)
+    try:
+        out = repo.run("dvc", "repro", "prepare@mnist", check=False)
+        text = out.stdout + out.stderr
+        assert out.returncode != 0 and "dataset 'mnist' not found. Sources tried, in order" in text
+        assert "data.datasets.mnist.root = " in text and "download: disabled" in text
+    finally:
+        repo.restore()
