@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import ttfs
-from pipeline.data import load_prepared_or_source
+from pipeline.data import load_or_prepare
 from ttfs.train import TensorBatches, train_epoch
 from ttfs.zoo import create_model
 
@@ -70,8 +70,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "training_speed.json")
     args = parser.parse_args()
 
-    train = load_prepared_or_source("fashion_mnist", "train")
-    inputs, labels = train.inputs[: args.samples], train.labels[: args.samples]
+    data = load_or_prepare("fashion_mnist")
+    inputs, labels = data.train_x[: args.samples], data.train_y[: args.samples]
     report = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "runs": []}
     for model_name, batch_size in (("fc2", 8), ("lenet5", 128)):

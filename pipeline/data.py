@@ -428,3 +428,14 @@ def load_prepared(directory: str | Path) -> Prepared:
         data = torch.load(path, weights_only=True)
         tensors += [(data["pixels"].to(torch.float32) / 255 - mean) / std, data["labels"]]
     return Prepared(meta, *tensors)
+
+
+def load_or_prepare(name: str, directory: str | Path | None = None) -> Prepared:
+    """The prepared dataset ``name`` from ``data/prepared/<name>``, preparing it there first if needed.
+
+    For scripts outside DVC (demo, benchmarks): the files are the prepare stage's, byte for byte.
+    """
+    directory = Path(directory or Path("data/prepared") / name)
+    if not (directory / "meta.json").is_file():
+        prepare(name, SourceParams(), directory, Path("data/raw"))
+    return load_prepared(directory)

@@ -308,7 +308,7 @@ class InputEncoder(nn.Module):
                 f"input has shape {tuple(z.shape)}, expected (batch, {', '.join(map(str, self.in_shape))})"
             )
         # One reduction decides for almost every batch; the elementwise test only runs if it is not finite.
-        if not bool(torch.isfinite(z.sum())) and not bool(torch.isfinite(z).all()):
+        if not math.isfinite(z.sum().item()) and not bool(torch.isfinite(z).all()):
             raise ValueError("input contains NaN or infinite values; clean or impute the data before encoding")
 
     def scaled(self, z: Tensor) -> Tensor:

@@ -91,6 +91,8 @@ class SNN(nn.Module):
         self.register_buffer("t_start", torch.tensor(float(t_start), dtype=deltas.dtype))
         # Optional hardware constraints on emitted spikes (ttfs.constraints); None = exact network.
         self.spike_constraints: nn.Module | None = None
+        self._edges_key: tuple | None = None
+        self._edges: tuple[Tensor, list[Tensor], list[Tensor]] | None = None
 
     @property
     def neuron_layers(self) -> list[SpikingNeurons]:
@@ -98,33 +100,47 @@ class SNN(nn.Module):
 
     @property
     def parameterisation(self) -> str:
-        return self.neuron_layers[0].parameterisation
+        return self.layers[-1].parameterisation  # the readout; all neuron layers share it
 
     def boundaries(self) -> Tensor:
         """t_min^(0), t_min^(1) = t_max^(0), ..., t_min^(N) = t_max^(N-1) (the readout time)."""
         return self.t_start + F.pad(self.deltas.cumsum(0), (1, 0))
+
+    def _window_edges(self) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """boundaries(), its elements and the window widths, recomputed only when the windows change.
+
+        A training step reads every edge several times; in-place changes of ``deltas``/``t_start``
+        bump their version counters, which invalidates the cache.
+        """
+        key = (self.deltas.data_ptr(), self.deltas._version, self.t_start.data_ptr(), self.t_start._version,
+               self.deltas.dtype, self.deltas.device)
+        if self._edges_key != key:
+            b = self.boundaries()
+            self._edges = (b, list(b.unbind()), list(self.deltas.unbind()))
+            self._edges_key = key
+        return self._edges
 
     def latency(self) -> Tensor:
         """t_min^(N) - t_min^(0): time from the first input spike window to the readout."""
         return self.deltas.sum()
 
     def encode(self, z: Tensor) -> Tensor:
-        b = self.boundaries()
-        return self.encoder(z, b[1], self.deltas[0])
+        _, edges, widths = self._window_edges()
+        return self.encoder(z, edges[1], widths[0])
 
     def run(self, z: Tensor) -> SpikeRecord:
         """Forward pass from raw inputs, keeping every hidden layer's spike times."""
-        b = self.boundaries()
-        t = self.encoder(z, b[1], self.deltas[0])
-        record = self.propagate(t, b)
+        t = self.encode(z)
+        record = self.propagate(t)
         record.raw_inputs, record.encoder = z, self.encoder
         return record
 
     def run_times(self, t0: Tensor) -> SpikeRecord:
         """Forward pass from input spike times t0 in [t_min^(0), t_max^(0)] (silent = t_max^(0))."""
-        return self.propagate(t0, self.boundaries())
+        return self.propagate(t0)
 
-    def propagate(self, t0: Tensor, b: Tensor) -> SpikeRecord:
+    def propagate(self, t0: Tensor) -> SpikeRecord:
+        boundaries, b, _ = self._window_edges()
         times: list[Tensor] = []
         inputs: list[Tensor] = []
         constrain = self.spike_constraints
@@ -140,7 +156,7 @@ class SNN(nn.Module):
             inputs.append(t)
             if i == last:
                 logits = layer.readout(t, b[n - 1], b[n])
-                return SpikeRecord(logits, t0, times, inputs, b)
+                return SpikeRecord(logits, t0, times, inputs, boundaries)
             t = layer(t, b[n - 1], b[n], b[n + 1])
             if constrain is not None:
                 t = constrain(t, b[n], b[n + 1])
@@ -164,7 +180,7 @@ class SNN(nn.Module):
         b = record.boundaries
         for n, t in enumerate(record.times, start=1):
             # max_batch x = t_max - min_batch t
-            self.deltas[n] = torch.maximum(self.deltas[n], (b[n + 1] - t.detach().amin()) * kappa)
+            self.deltas[n].clamp_(min=(b[n + 1] - t.detach().amin()).mul_(kappa))
 
     def phase1_spikes(self, record: SpikeRecord) -> Tensor:
         """Per hidden layer, alpha1 neurons whose potential reaches threshold during phase 1 (0 for B1)."""
