@@ -149,6 +149,7 @@ class ExperimentParams:
     convert: ConvertParams
     finetune: FinetuneParams
     evaluate: EvaluateParams
+    sweep: Any  # pipeline.sweeps.SweepParams after parse() (that module imports this one)
 
 
 @dataclass(frozen=True)
@@ -320,9 +321,10 @@ def parse(raw: Any) -> Params:
     """Validate the whole params mapping (as loaded from params.yaml)."""
     if not isinstance(raw, dict):
         raise ParamsError(f"params.yaml: expected a mapping at the top level, got {_describe(raw)}")
-    unknown = sorted(k for k in set(raw) - {"data", "experiments"} if not str(k).startswith("x-"))
+    # tune and dynamics are read and validated by their own stages (pipeline/tuning.py, pipeline/dynamics.py)
+    unknown = sorted(k for k in set(raw) - {"data", "experiments", "tune", "dynamics"} if not str(k).startswith("x-"))
     if unknown:
-        raise ParamsError(f"{unknown[0]}: unknown top-level section; allowed: data, experiments "
+        raise ParamsError(f"{unknown[0]}: unknown top-level section; allowed: data, experiments, tune, dynamics "
                           "(and x-... keys holding YAML anchors)")
     data = raw.get("data") or {}
     if not isinstance(data, dict) or set(data) - {"datasets"}:
@@ -351,7 +353,10 @@ def parse(raw: Any) -> Params:
             raise ParamsError(f"{path}.model: required key is missing")
         model = _model(section["model"], f"{path}.model")
         exp = _build(ExperimentParams, {**section, "model": {"name": model.name}}, path)
-        exp = dataclasses.replace(exp, model=model, device=_device(exp.device, f"{path}.device"))
+        from .sweeps import parse_sweep  # here, not at the top: pipeline.sweeps imports this module
+
+        exp = dataclasses.replace(exp, model=model, device=_device(exp.device, f"{path}.device"),
+                                  sweep=parse_sweep(exp.sweep, f"{path}.sweep"))
         if exp.dataset not in datasets:
             raise ParamsError(f"{path}.dataset: {exp.dataset!r} is not listed under data.datasets "
                               f"(listed: {', '.join(datasets) or 'none'}); add it there so it is prepared")

@@ -46,7 +46,6 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor
 from tqdm import tqdm
 
@@ -150,44 +149,6 @@ def parse_sweep(raw: Any, path: str) -> SweepParams:
             values[name] = P._coerce(hints[name], value, key)
             P._check_range(values[name], dict(fields[name].metadata), key)
     return SweepParams(**values)
-
-
-def _experiment_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(P.ExperimentParams)}
-
-
-def load_params(path: str | Path = "params.yaml") -> tuple[P.Params, dict[str, Any]]:
-    """(validated params, raw ``sweep`` section per experiment) from params.yaml.
-
-    Works whether or not :class:`pipeline.params.ExperimentParams` declares ``sweep``: if it does not,
-    the sections are taken out before the rest is validated by :func:`pipeline.params.parse`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise P.ParamsError(f"{path}: no params file (run from the project root)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise P.ParamsError(f"{path}: not valid YAML: {e}") from e
-    sections: dict[str, Any] = {}
-    experiments = raw.get("experiments") if isinstance(raw, dict) else None
-    if isinstance(experiments, dict):
-        integrated = "sweep" in _experiment_fields()
-        for name, section in experiments.items():
-            if isinstance(section, dict) and "sweep" in section:
-                sections[name] = section["sweep"]
-                if not integrated:
-                    experiments[name] = {k: v for k, v in section.items() if k != "sweep"}
-    return P.parse(raw), sections
-
-
-def sweep_params(params: P.Params, sections: dict[str, Any], name: str) -> SweepParams:
-    """The validated sweep section of experiment ``name`` (required, like every experiment section)."""
-    params.experiment(name)
-    path = f"experiments.{name}.sweep"
-    if name not in sections:
-        raise P.ParamsError(f"{path}: required key is missing (an empty mapping {{}} takes every default)")
-    return parse_sweep(sections[name], path)
 
 
 # -- measuring ---------------------------------------------------------------------------------------
@@ -663,6 +624,6 @@ def summary_metrics(result: dict) -> dict:
 
 __all__ = [
     "KINDS", "MlflowRecorder", "NullRecorder", "Sweep", "SweepData", "SweepParams", "assemble", "code_version",
-    "load_params", "measure", "output_files", "parse_sweep", "plot_kind", "rows_for", "run_sweep", "setting_key",
-    "summary_metrics", "sweep_params", "write_outputs",
+    "measure", "output_files", "parse_sweep", "plot_kind", "rows_for", "run_sweep", "setting_key",
+    "summary_metrics", "write_outputs",
 ]

@@ -22,11 +22,9 @@ from pipeline.sweeps import (
     SweepData,
     SweepParams,
     code_version,
-    load_params,
     output_files,
     run_sweep,
     summary_metrics,
-    sweep_params,
     write_outputs,
 )
 from pipeline.tracking import Tracker, project_root
@@ -64,14 +62,14 @@ def sweep(name: str, params: P.Params, sp: SweepParams) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Like :func:`pipeline.stage.run`, reading ``experiments.<name>.sweep`` as well."""
+    """Like :func:`pipeline.stage.run`, for the sweep of one experiment."""
     parser = argparse.ArgumentParser(prog="python -m stages.sweep", description=sweep.__doc__)
     parser.add_argument("name", help="experiment as named in params.yaml")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
     try:
-        params, sections = load_params(args.params)
-        sweep(args.name, params, sweep_params(params, sections, args.name))
+        params = P.load(args.params)
+        sweep(args.name, params, params.experiment(args.name).sweep)
     except P.ParamsError as e:
         print(f"invalid params: {e}", file=sys.stderr)
         return EXIT_PARAMS

@@ -6,6 +6,10 @@ import copy
 
 import pytest
 
+# One value per constraint, one epoch: every code path of the sweep stage at toy cost.
+TINY_SWEEP = {"jitter": [0, 0.05], "jitter_seeds": 2, "time_steps": [4], "weight_bits": [4], "latency_factor": [2],
+              "finetune_epochs": 1, "batch_size": 16}
+
 TINY_PARAMS = {
     "data": {"datasets": {"synthetic": {"train_size": 256, "test_size": 128, "shape": [1, 28, 28], "classes": 4}}},
     "experiments": {
@@ -16,6 +20,7 @@ TINY_PARAMS = {
             "convert": {},
             "finetune": {"mode": "converted", "epochs": 1, "batch_size": 16, "lr": 1e-4},
             "evaluate": {"batch_size": 128},
+            "sweep": TINY_SWEEP,
         },
     },
 }

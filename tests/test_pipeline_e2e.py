@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_SWEEP
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COPIED = ("pipeline", "stages", "ttfs", "dvc.yaml", ".gitignore")
-STAGES = ("pretrain", "convert", "finetune", "evaluate")
+STAGES = ("pretrain", "convert", "finetune", "evaluate", "sweep")
 
 TINY = {
     "data": {"datasets": {"synthetic": {"train_size": 512, "test_size": 256, "shape": [1, 28, 28], "classes": 4}}},
@@ -33,6 +34,7 @@ TINY = {
             "convert": {},
             "finetune": {"mode": "scratch", "epochs": 3, "batch_size": 16, "lr": 1e-3},
             "evaluate": {"batch_size": 128},
+            "sweep": TINY_SWEEP,
         },
         "tiny_lenet5": {  # batch norm to fuse; small batches so that an epoch lasts long enough to be killed
             "dataset": "synthetic", "seed": 1, "device": "cpu", "dtype": "float32",
@@ -41,8 +43,13 @@ TINY = {
             "convert": {"zeta": 0.5},
             "finetune": {"mode": "converted", "epochs": 1, "batch_size": 16, "lr": 1e-4},
             "evaluate": {"batch_size": 128},
+            "sweep": {**TINY_SWEEP, "jitter": [0.05], "jitter_seeds": 1},
         },
     },
+    "tune": {"tiny_fc2": {"n_trials": 3, "epochs": 1, "train_subset": 128, "val_size": 64, "n_startup_trials": 2}},
+    "dynamics": {"dataset": "synthetic", "depth": 3, "width": 16, "train_size": 256, "test_size": 128, "epochs": 1,
+                 "batch_size": 16, "evals_per_epoch": 1, "calibration_samples": 64, "spectra_samples": 4,
+                 "device": "cpu"},
 }
 
 pytestmark = pytest.mark.skipif(not (BIN / "dvc").exists() or shutil.which("git") is None,
@@ -131,6 +138,15 @@ def test_repro_writes_every_stage_output(repo):
         assert evaluate["snn_accuracy"] > 0.8 and evaluate["relu_accuracy"] > 0.8
         assert 0 < evaluate["spikes_per_neuron"] < 1 and evaluate["synops_per_sample"] > 0
         assert evaluate["energy_pj"]["snn_pj"] > 0 and evaluate["latency"] > 0
+        for kind in ("jitter", "time_steps", "weight_bits", "latency"):
+            assert (repo.path / "plots" / exp / f"sweep_{kind}.png").stat().st_size > 0
+    for name in ("pareto.json", "pareto.png", "pareto.html"):
+        assert (repo.path / "plots/tiny_fc2" / name).stat().st_size > 0
+    assert len(repo.json("plots/tiny_fc2/pareto.json")["front"]) >= 1
+    assert set(repo.json("metrics/dynamics.json")["networks"]) >= {"relu", "b1"}
+    report = (repo.path / "reports/report.md").read_text()
+    assert "tiny_fc2" in report and "Pareto" in report
+    assert (repo.path / "reports/report.html").read_text().startswith("<!DOCTYPE html>")
     assert repo.first_seconds < 180, f"the tiny pipeline took {repo.first_seconds:.0f} s"
 
 
