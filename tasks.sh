@@ -47,7 +47,7 @@ case "${1:-}" in
         setup
         fashion_mnist
         [ -d .git ] || git init -q
-        .venv/bin/dvc repro "$@"
+        PATH="$PWD/.venv/bin:$PATH" dvc repro "$@"
         ;;
     *)
         echo "usage: ./tasks.sh {setup|test [pytest args]|repro [dvc repro args]}" >&2

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_SWEEP
 import yaml
+from conftest import TINY_SWEEP
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
