@@ -8,14 +8,13 @@ constraint, spikes per neuron and latency (see :mod:`pipeline.sweeps`). MLflow: 
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from pipeline import checkpoint
 from pipeline import params as P
 from pipeline.artifacts import load_snn
-from pipeline.data import ChecksumError, DataNotFoundError, sha256_file
-from pipeline.stage import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARAMS, Experiment, reference_run
+from pipeline.data import sha256_file
+from pipeline.stage import Experiment, reference_run, run
 from pipeline.sweeps import (
     KINDS,
     MlflowRecorder,
@@ -28,7 +27,6 @@ from pipeline.sweeps import (
     write_outputs,
 )
 from pipeline.tracking import Tracker, project_root
-from ttfs.train import DivergenceError
 
 
 def sweep(name: str, params: P.Params, sp: SweepParams) -> dict:
@@ -62,24 +60,7 @@ def sweep(name: str, params: P.Params, sp: SweepParams) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Like :func:`pipeline.stage.run`, for the sweep of one experiment."""
-    parser = argparse.ArgumentParser(prog="python -m stages.sweep", description=sweep.__doc__)
-    parser.add_argument("name", help="experiment as named in params.yaml")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    args = parser.parse_args(argv)
-    try:
-        params = P.load(args.params)
-        sweep(args.name, params, params.experiment(args.name).sweep)
-    except P.ParamsError as e:
-        print(f"invalid params: {e}", file=sys.stderr)
-        return EXIT_PARAMS
-    except (DataNotFoundError, ChecksumError, DivergenceError) as e:
-        print(f"sweep {args.name} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"sweep {args.name} interrupted; the next run skips the finished settings", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return 0
+    return run("sweep", lambda name, params: sweep(name, params, params.experiment(name).sweep), argv)
 
 
 if __name__ == "__main__":
