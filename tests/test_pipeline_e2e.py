@@ -22,7 +22,8 @@ from conftest import TINY_SWEEP
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COPIED = ("pipeline", "stages", "ttfs", "dvc.yaml", ".gitignore")
-STAGES = ("pretrain", "convert", "finetune", "evaluate", "sweep")
+CORE_STAGES = ("pretrain", "convert", "finetune", "evaluate")  # one MLflow run each
+STAGES = (*CORE_STAGES, "sweep")  # a sweep run has a nested run per setting (tests/test_sweeps.py)
 
 TINY = {
     "data": {"datasets": {"synthetic": {"train_size": 512, "test_size": 256, "shape": [1, 28, 28], "classes": 4}}},
@@ -167,7 +168,7 @@ def test_mlflow_runs_tags_and_reference(repo):
     commit = repo.run("git", "rev-parse", "HEAD~1").stdout.strip()
     assert repo.runs("datasets", None)[0].data.tags["dvc_stage"] == "prepare@synthetic"
     for exp, spec in TINY["experiments"].items():
-        runs = {stage: repo.runs(exp, stage) for stage in STAGES}
+        runs = {stage: repo.runs(exp, stage) for stage in CORE_STAGES}
         assert all(len(r) == 1 for r in runs.values()), {k: len(v) for k, v in runs.items()}
         reference = runs["pretrain"][0]
         assert reference.data.tags["role"] == "reference"

@@ -24,7 +24,7 @@ from pipeline.stage import Experiment
 # -- a fake results tree ------------------------------------------------------------------------------
 
 EXP = {"seed": 0, "device": "cpu", "dtype": "float32", "pretrain": {}, "convert": {}, "finetune": {},
-       "evaluate": {}}
+       "evaluate": {}, "sweep": {}}
 PARAMS = {
     "data": {"datasets": {"fashion_mnist": {}, "cifar10": {}}},
     "experiments": {
@@ -299,6 +299,7 @@ def test_missing_parts_say_what_is_missing_and_which_command_produces_it(tree):
     params = copy.deepcopy(PARAMS)
     del params["tune"], params["dynamics"]
     params["experiments"]["half_done"] = {**EXP, "dataset": "fashion_mnist", "model": {"name": "lenet5"}}
+    del params["experiments"]["half_done"]["sweep"]
     params["experiments"]["never_run"] = {**EXP, "dataset": "fashion_mnist", "model": {"name": "lenet5"}, "seed": 1}
     _write(tree, "metrics/half_done/pretrain.json", PRETRAIN)
     (tree / "metrics" / "half_done" / "convert.json").write_text("{not json")
@@ -400,9 +401,7 @@ def test_same_inputs_give_the_same_bytes(tree):
 
 def _hash(name: str, stage: str) -> str:
     """The params_hash tag a stage puts on its run (as stages/<stage>.py computes it)."""
-    params = P.parse({k: v for k, v in PARAMS.items() if k in ("data", "experiments")}
-                     | {"experiments": {n: {k: v for k, v in s.items() if k != "sweep"}
-                                        for n, s in PARAMS["experiments"].items()}})
+    params = P.parse(PARAMS)
     return P.params_hash(Experiment(name, params.experiments[name]).stage_params(stage))
 
 

@@ -44,6 +44,7 @@ experiments:
     convert: {{batch_size: 256}}
     finetune: {{epochs: 1, batch_size: 16, lr: 0.001, eval_batch_size: 256}}
     evaluate: {{}}
+    sweep: {{}}
 tune:
   {EXP}:
     n_trials: {BUDGET}
