@@ -347,7 +347,8 @@ def make_sampler(tp: TuneParams, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def baseline_params(tp: TuneParams, finetune_lr: float) -> dict:
-    return {"l1_enabled": False, **({"lr": finetune_lr} if tp.tune_lr else {})}
+    """L1 = 0 at the fine-tuning learning rate, clipped into the tuned range when the rate is tuned."""
+    return {"l1_enabled": False, **({"lr": min(max(finetune_lr, tp.lr_min), tp.lr_max)} if tp.tune_lr else {})}
 
 
 def suggest(trial: optuna.Trial, tp: TuneParams, finetune_lr: float) -> tuple[float, float]:

@@ -393,3 +393,10 @@ def test_surplus_trial_without_a_lock(tmp_path, monkeypatch):
     assert [t.number for t in trials] == [0, 1, 2]
     assert trials[2].state == TrialState.FAIL and trials[2].user_attrs[tuning.EXCLUDED] == "surplus"
     assert len(tuning._counted(trials)) == tp.n_trials
+
+
+def test_baseline_learning_rate_stays_in_the_tuned_range():
+    tuned = tuning.TuneParams(tune_lr=True, lr_min=2e-5, lr_max=1e-4)
+    assert tuning.baseline_params(tuned, 1e-3) == {"l1_enabled": False, "lr": 1e-4}
+    assert tuning.baseline_params(tuned, 5e-5) == {"l1_enabled": False, "lr": 5e-5}
+    assert tuning.baseline_params(tuning.TuneParams(), 1e-3) == {"l1_enabled": False}
