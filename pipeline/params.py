@@ -78,6 +78,7 @@ class PretrainParams:
     weight_decay: float = field(default=0.0, metadata={"min": 0.0})
     l1: float = field(default=0.0, metadata={"min": 0.0})
     augment: Literal["none", "crop_flip"] = "none"  # crop_flip: CIFAR's 4-pixel shifts and mirror images
+    nonpositive_bias: bool = False  # hidden biases <= 0 after every step: no spontaneous spikes, fewer spikes
     eval_batch_size: int = field(default=1000, metadata={"min": 1})
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
@@ -107,6 +108,7 @@ class FinetuneParams:
     weight_decay: float = field(default=0.0, metadata={"min": 0.0})
     l1: float = field(default=0.0, metadata={"min": 0.0})
     augment: Literal["none", "crop_flip"] = "none"
+    nonpositive_bias: bool = False
     kappa: float = field(default=10.0, metadata={"gt": 0.0})
     adapt_windows: bool = True
     zeta: float = field(default=0.5, metadata={"min": 0.0})  # initial windows in scratch mode
@@ -357,6 +359,9 @@ def parse(raw: Any) -> Params:
 
         exp = dataclasses.replace(exp, model=model, device=_device(exp.device, f"{path}.device"),
                                   sweep=parse_sweep(exp.sweep, f"{path}.sweep"))
+        if exp.model.options.get("batch_norm") and exp.pretrain.nonpositive_bias:
+            raise ParamsError(f"{path}.pretrain.nonpositive_bias: needs a model without batch norm (its shift is "
+                              f"a bias the constraint would miss); set {path}.model.batch_norm to false")
         if exp.dataset not in datasets:
             raise ParamsError(f"{path}.dataset: {exp.dataset!r} is not listed under data.datasets "
                               f"(listed: {', '.join(datasets) or 'none'}); add it there so it is prepared")

@@ -87,6 +87,7 @@ class SweepParams:
     finetune_epochs: int = field(default=1, metadata={"min": 0})
     finetune_lr: float = field(default=1e-4, metadata={"gt": 0.0})
     batch_size: int = field(default=8, metadata={"min": 1})
+    nonpositive_bias: bool = False  # as in the finetune section: hidden biases stay <= 0 while fine-tuning
     eval_batch_size: int = field(default=1000, metadata={"min": 1})
     train_metrics: bool = False  # also measure on the training set (costs a pass over it per evaluation)
     tolerance: float = field(default=0.01, metadata={"min": 0.0})  # "within tolerance of the SNN" summary
@@ -97,7 +98,8 @@ class SweepParams:
     def finetune_params(self) -> P.FinetuneParams:
         """The fine-tuning under a constraint: the finetune stage's loop with fixed windows."""
         return P.FinetuneParams(epochs=self.finetune_epochs, batch_size=self.batch_size, lr=self.finetune_lr,
-                                adapt_windows=False, eval_batch_size=self.eval_batch_size)
+                                adapt_windows=False, nonpositive_bias=self.nonpositive_bias,
+                                eval_batch_size=self.eval_batch_size)
 
 
 # kind -> (element type, minimum, maximum or None, what the value is)

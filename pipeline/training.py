@@ -91,7 +91,7 @@ def fit(
         if not run.resumed:  # the checkpoint's run is gone (other tracking store): replay its curve
             for row in history:
                 run.log_metrics(_metrics(row), step=row["epoch"])
-    kwargs = {"l1": p.l1}
+    kwargs = {"l1": p.l1, "nonpositive_bias": p.nonpositive_bias}
     if isinstance(p, FinetuneParams):
         kwargs |= {"kappa": p.kappa, "adapt_windows": p.adapt_windows}
     for epoch in range(len(history) + 1, p.epochs + 1):

@@ -521,7 +521,7 @@ class TrialRunner:
                                 device=self.exp.device)
         for epoch in range(1, self.tp.epochs + 1):
             stats = train_epoch(snn, batches, opt, l1=l1, kappa=p.kappa, adapt_windows=p.adapt_windows,
-                                scheduler=scheduler)
+                                nonpositive_bias=p.nonpositive_bias, scheduler=scheduler)
             if on_epoch is not None:
                 on_epoch(epoch, stats)
         out: dict[str, Any] = {}

@@ -8,6 +8,7 @@ import ttfs
 from ttfs.constraints import (
     FakeQuantise,
     SpikeTimeConstraints,
+    clamp_hidden_biases,
     constrain_spike_times,
     quantise_weights,
     reduce_latency,
@@ -125,3 +126,29 @@ def test_fake_quantise_percentile_range_clips_outliers():
     quantised = FakeQuantise(bits=3, percentile=99.0)(weight)
     assert quantised.abs().max() <= 1.0 + 1e-9
     assert quantised.unique().numel() <= 7
+
+
+def test_nonpositive_biases_silence_neurons_without_input(network):
+    model, snn, inputs = network
+    with torch.no_grad():
+        for layer in snn.neuron_layers:
+            layer.bias.add_(0.5)  # every hidden neuron would fire spontaneously
+    silent_input = torch.zeros(3, 1, 4, 4, dtype=torch.float64)
+    assert int(snn.run(silent_input).spikes_per_layer().sum()) > 0
+    readout = snn.neuron_layers[-1].bias.detach().clone()
+    clamp_hidden_biases(snn)
+    assert int(snn.run(silent_input).spikes_per_layer().sum()) == 0
+    assert torch.equal(snn.neuron_layers[-1].bias, readout)
+    assert int(snn.run(inputs).spikes_per_layer().sum()) > 0  # real inputs still make spikes
+
+
+def test_nonpositive_biases_refuse_batch_norm_and_alpha1(network):
+    _, _, inputs = network
+    with pytest.raises(ValueError, match="batch_norm to false"):
+        clamp_hidden_biases(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).double()
+    with torch.no_grad():
+        model[-1].weight.mul_(0.01)  # inside alpha1's convertible range
+    alpha1 = ttfs.convert(model, inputs, parameterisation="alpha1")
+    with pytest.raises(ValueError, match="B1 networks"):
+        clamp_hidden_biases(alpha1)

@@ -60,6 +60,15 @@ def test_bad_pretrain_values_name_the_key(tiny_params, key, value, message):
     assert message in _error(tiny_params)
 
 
+def test_nonpositive_bias_is_refused_with_batch_norm(tiny_params):
+    exp = tiny_params["experiments"]["tiny_fc2"]
+    exp["pretrain"]["nonpositive_bias"] = "true"  # as `dvc exp run -S` writes it
+    assert P.parse(tiny_params).experiment("tiny_fc2").pretrain.nonpositive_bias is True
+    exp["model"]["batch_norm"] = True
+    assert ("experiments.tiny_fc2.pretrain.nonpositive_bias: needs a model without batch norm"
+            in _error(tiny_params))
+
+
 def test_model_keywords_follow_the_zoo_signature(tiny_params):
     model = tiny_params["experiments"]["tiny_fc2"]["model"]
     model["depth"] = 3

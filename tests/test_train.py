@@ -29,16 +29,17 @@ def snn_parameters(snn: ttfs.SNN) -> list[torch.Tensor]:
     return [t.reshape(t.shape[0], -1) for t in flat]
 
 
-def lockstep(model: nn.Module, steps: int, batch_size: int, l1: float, shape, **convert_kw):
+def lockstep(model: nn.Module, steps: int, batch_size: int, l1: float, shape, nonpositive_bias: bool = False,
+             **convert_kw):
     inputs, labels = synthetic(steps * batch_size, shape, 5, seed=1)
     snn = ttfs.convert(copy.deepcopy(model), inputs[:256], **convert_kw)
     relu_opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     snn_opt = torch.optim.Adam(snn.parameters(), lr=5e-3)
     # one epoch = `steps` steps on identical batches (same seed, same order)
     train_epoch(model, TensorBatches(inputs, labels, batch_size, seed=3), relu_opt, l1=l1,
-                scheduler=exponential_decay(relu_opt, 0.9, 50))
+                nonpositive_bias=nonpositive_bias, scheduler=exponential_decay(relu_opt, 0.9, 50))
     train_epoch(snn, TensorBatches(inputs, labels, batch_size, seed=3), snn_opt, l1=l1,
-                scheduler=exponential_decay(snn_opt, 0.9, 50))
+                nonpositive_bias=nonpositive_bias, scheduler=exponential_decay(snn_opt, 0.9, 50))
     return snn
 
 
@@ -60,6 +61,30 @@ def test_b1_conv_trajectory_equals_relu():
     model = nn.Sequential(nn.Conv2d(1, 3, 3, padding="same"), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3),
                           nn.ReLU(), nn.Flatten(), nn.Linear(16, 5)).double()
     snn = lockstep(model, steps=200, batch_size=8, l1=0.0, shape=(1, 8, 8))
+    for relu_p, snn_p in zip(relu_parameters(model), snn_parameters(snn), strict=True):
+        assert (relu_p - snn_p).abs().max() <= 1e-8
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_b1_trajectory_with_nonpositive_biases_equals_relu(conv):
+    torch.manual_seed(5)
+    if conv:
+        model = nn.Sequential(nn.Conv2d(1, 3, 3, padding="same"), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3),
+                              nn.ReLU(), nn.Flatten(), nn.Linear(16, 5)).double()
+        shape = (1, 8, 8)
+    else:
+        model = nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 5)).double()
+        shape = (1, 4, 4)
+    with torch.no_grad():  # start with positive biases: the projection must act from the first step on
+        for m in model:
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.bias.uniform_(0.05, 0.2)
+    readout_bias = model[-1].bias.detach().clone()
+    snn = lockstep(model, steps=200, batch_size=8, l1=0.0, shape=shape, nonpositive_bias=True)
+    hidden = [m for m in model if isinstance(m, (nn.Linear, nn.Conv2d))][:-1]
+    assert all(float(m.bias.max()) <= 0.0 for m in hidden)
+    assert all(bool((m.bias == 0).any()) for m in hidden)  # the constraint was active, not vacuous
+    assert not torch.equal(model[-1].bias, readout_bias)  # the readout trains freely
     for relu_p, snn_p in zip(relu_parameters(model), snn_parameters(snn), strict=True):
         assert (relu_p - snn_p).abs().max() <= 1e-8
 

@@ -179,7 +179,31 @@ def reduce_latency(snn: SNN, factor: float) -> None:
         constrain_spike_times(snn)
 
 
+@torch.no_grad()
+def clamp_hidden_biases(model: nn.Module) -> None:
+    """Project every hidden layer's bias onto b <= 0: no neuron fires while all its inputs are silent.
+
+    Hardware without spontaneous spikes needs this, and it makes networks sparser (docs/sparsity.md).
+    For a B1 SNN the bias is D, the ReLU-equivalent bias, so projecting the ReLU network's biases and
+    the SNN's after every step keeps the two trainings on one trajectory (exactly so when the input
+    window starts at 0, p = 0; with p != 0 the SNN's first layer holds b + p * sum(W) instead of b).
+    The readout keeps its bias: it does not spike. Models with batch norm are refused (its shift is
+    a bias the projection would miss); fold it first (:func:`ttfs.convert`).
+    """
+    if isinstance(model, SNN):
+        if model.parameterisation != "b1":
+            raise ValueError(f"non-positive biases are defined for B1 networks, got {model.parameterisation}")
+        hidden = model.neuron_layers[:-1]
+    else:
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            raise ValueError("non-positive biases need a model without batch norm: set batch_norm to false")
+        hidden = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][:-1]
+    for layer in hidden:
+        if layer.bias is not None:
+            layer.bias.clamp_(max=0.0)
+
+
 __all__ = [
-    "FakeQuantise", "SpikeTimeConstraints", "activation_quantiles", "constrain_spike_times", "quantise_weights",
-    "reduce_latency", "set_input_window", "tighten_windows",
+    "FakeQuantise", "SpikeTimeConstraints", "activation_quantiles", "clamp_hidden_biases", "constrain_spike_times",
+    "quantise_weights", "reduce_latency", "set_input_window", "tighten_windows",
 ]

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .constraints import clamp_hidden_biases
 from .network import SNN
 
 
@@ -86,11 +87,14 @@ def train_epoch(
     l1: float = 0.0,
     kappa: float = 10.0,
     adapt_windows: bool = True,
+    nonpositive_bias: bool = False,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; returns mean loss and accuracy. Raises DivergenceError on NaN/inf.
 
     For an SNN the windows follow the adaptive rule of SPEC 2.8 after every optimiser step.
+    ``nonpositive_bias`` projects hidden biases onto b <= 0 after every step
+    (:func:`ttfs.constraints.clamp_hidden_biases`).
     """
     model.train()
     is_snn = isinstance(model, SNN)
@@ -113,6 +117,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if nonpositive_bias:
+            clamp_hidden_biases(model)
         if scheduler is not None:
             scheduler.step()
         if is_snn and adapt_windows:
