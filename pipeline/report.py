@@ -250,6 +250,7 @@ class ExperimentInfo:
     l1_pretrain: float
     l1_finetune: float
     finetune_mode: str
+    nonpositive_bias: bool
     rel_tolerance: float
     has_sweep_section: bool
     has_tune_section: bool
@@ -275,6 +276,8 @@ class ExperimentInfo:
         l1 = [f"{where} λ = {v:g}" for where, v in (("pretrain", self.l1_pretrain), ("finetune", self.l1_finetune))
               if v > 0]
         parts.append("L1: " + (", ".join(l1) if l1 else "none"))
+        if self.nonpositive_bias:
+            parts.append("hidden biases kept <= 0 (docs/sparsity.md)")
         return "; ".join(parts) + "."
 
 
@@ -302,6 +305,8 @@ def experiments_of(params: Mapping) -> list[ExperimentInfo]:
             l1_pretrain=_float(_section(raw, "pretrain").get("l1"), 0.0),
             l1_finetune=_float(_section(raw, "finetune").get("l1"), 0.0),
             finetune_mode=str(_section(raw, "finetune").get("mode", "converted")),
+            nonpositive_bias=any(str(_section(raw, s).get("nonpositive_bias", False)).lower() == "true"
+                                 for s in ("pretrain", "finetune")),
             rel_tolerance=_float(_section(raw, "convert").get("rel_tolerance"), 1e-9),
             has_sweep_section="sweep" in raw, has_tune_section=name in tune_top or "tune" in raw,
         ))

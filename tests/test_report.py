@@ -28,7 +28,8 @@ EXP = {"seed": 0, "device": "cpu", "dtype": "float32", "pretrain": {}, "convert"
 PARAMS = {
     "data": {"datasets": {"fashion_mnist": {}, "cifar10": {}}},
     "experiments": {
-        "fmnist_fc2": {**EXP, "dataset": "fashion_mnist", "model": {"name": "fc2"}, "sweep": {}},
+        "fmnist_fc2": {**EXP, "dataset": "fashion_mnist", "model": {"name": "fc2"}, "sweep": {},
+                       "pretrain": {"nonpositive_bias": True}},
         "c10_l1_s0": {**EXP, "dataset": "cifar10", "model": {"name": "vgg16"}, "finetune": {"l1": 1e-6}},
         "c10_l1_s1": {**EXP, "dataset": "cifar10", "seed": 1, "model": {"name": "vgg16"},
                       "finetune": {"l1": "1e-06"}},  # as `dvc exp run -S` writes it
@@ -280,6 +281,7 @@ def test_experiment_sections_carry_conversion_evaluation_energy_and_constraints(
     assert rows(md, "4", "88.85", "89.17", "-0.20", "+0.12", "0.200", "2.922", "54.7×")
     assert "fewest bits within 1.00 pt of the exact SNN after fine-tuning: 4" in md
     assert "> 90 % with 4-bit weights" in md
+    assert md.count("hidden biases kept <= 0") == 1  # the training settings behind fmnist_fc2's numbers
     # Pareto front: baseline, then the front sparsest first; the target check; the interactive page
     assert [r[0] for r in table(md, "trial", "L1 λ")] == ["0 (baseline)", "2", "1"]
     assert rows(md, "1", "3.18e-03", "5e-05", "91.75", "0.133", "89.16", "0.132")
