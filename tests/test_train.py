@@ -82,7 +82,7 @@ def test_b1_trajectory_with_nonpositive_biases_equals_relu(conv):
     readout_bias = model[-1].bias.detach().clone()
     snn = lockstep(model, steps=200, batch_size=8, l1=0.0, shape=shape, nonpositive_bias=True)
     hidden = [m for m in model if isinstance(m, (nn.Linear, nn.Conv2d))][:-1]
-    assert all(float(m.bias.max()) <= 0.0 for m in hidden)
+    assert all(float(m.bias.detach().max()) <= 0.0 for m in hidden)
     assert all(bool((m.bias == 0).any()) for m in hidden)  # the constraint was active, not vacuous
     assert not torch.equal(model[-1].bias, readout_bias)  # the readout trains freely
     for relu_p, snn_p in zip(relu_parameters(model), snn_parameters(snn), strict=True):
