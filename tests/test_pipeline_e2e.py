@@ -31,9 +31,9 @@ TINY = {
         "tiny_fc2": {  # the paper's fMNIST setting in small: the SNN is trained from scratch like the ReLU net
             "dataset": "synthetic", "seed": 0, "device": "cpu", "dtype": "float32",
             "model": {"name": "fc2", "width": 32},
-            "pretrain": {"epochs": 3, "batch_size": 16, "lr": 1e-3},
+            "pretrain": {"epochs": 3, "batch_size": 16, "lr": 1e-3, "nonpositive_bias": True},
             "convert": {},
-            "finetune": {"mode": "scratch", "epochs": 3, "batch_size": 16, "lr": 1e-3},
+            "finetune": {"mode": "scratch", "epochs": 3, "batch_size": 16, "lr": 1e-3, "nonpositive_bias": True},
             "evaluate": {"batch_size": 128},
             "sweep": TINY_SWEEP,
         },
@@ -162,6 +162,15 @@ def test_conversion_is_exact(repo):
         assert repo.json(f"metrics/{exp}/evaluate.json")["equivalent_relu"]["agreement"] == 1.0
     # without fine-tuning steps that moved it far, the converted LeNet still agrees with its reference
     assert repo.json("metrics/tiny_lenet5/evaluate.json")["agreement_with_reference"] > 0.95
+
+
+def test_nonpositive_bias_reaches_both_trained_networks(repo):
+    from pipeline.artifacts import load_relu, load_snn
+
+    relu, _ = load_relu(repo.path / "models/tiny_fc2/relu.pt")
+    snn, _ = load_snn(repo.path / "models/tiny_fc2/snn.pt")
+    hidden = [relu[1].bias, snn.neuron_layers[0].bias]  # fc2: Flatten, Linear, ReLU, Linear
+    assert all(float(b.detach().max()) <= 0.0 and bool((b == 0).any()) for b in hidden)
 
 
 def test_mlflow_runs_tags_and_reference(repo):
