@@ -19,6 +19,7 @@ from pathlib import Path
 
 import matplotlib
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import ttfs
@@ -36,6 +37,19 @@ SETTINGS = {  # name -> (lr, lr_decay per 1250 steps, nonpositive_bias)
 }
 
 
+@torch.no_grad()
+def first_layer_background(model: torch.nn.Sequential, x: torch.Tensor) -> tuple[float, float, float]:
+    """Share of first-layer positions whose receptive field is all background (zero pixels), and the
+    first layer's spikes per neuron there and elsewhere (a B1 neuron spikes iff its activation > 0)."""
+    conv = model[0]
+    fires = conv(x) > 0
+    size = conv.kernel_size[0]
+    background = F.max_pool2d((x != 0).double(), size, 1, size // 2) == 0
+    background = background.expand_as(fires)
+    return (float(background.double().mean()), float(fires[background].double().mean()),
+            float(fires[~background].double().mean()))
+
+
 def train_and_measure(name: str, seed: int, epochs: int, batch_size: int) -> dict:
     torch.set_num_threads(1)
     lr, decay, nonpositive_bias = SETTINGS[name]
@@ -49,6 +63,7 @@ def train_and_measure(name: str, seed: int, epochs: int, batch_size: int) -> dic
         train_epoch(model, TensorBatches(data.train_x, data.train_y, batch_size, seed=seed * 1000 + epoch), opt,
                     nonpositive_bias=nonpositive_bias, scheduler=scheduler)
     snn = ttfs.convert(model.double(), data.train_x[:10_000].double())
+    background, on_background, elsewhere = first_layer_background(model, data.test_x.double())
     test = TensorBatches(data.test_x.double(), data.test_y, 1000, shuffle=False)
     stats = spike_statistics(snn, test, split="test")
     return {
@@ -57,6 +72,8 @@ def train_and_measure(name: str, seed: int, epochs: int, batch_size: int) -> dic
         "relu_test_accuracy": evaluate(model, test)["accuracy"],
         "spikes_per_neuron": stats["spikes_per_neuron"],
         "spikes_per_neuron_per_layer": stats["spikes_per_neuron_per_layer"],
+        "conv1_background_positions": background, "conv1_spikes_per_neuron_background": on_background,
+        "conv1_spikes_per_neuron_elsewhere": elsewhere,
         "train_seconds": time.perf_counter() - started,
     }
 
@@ -96,7 +113,10 @@ def main() -> None:
             rows.append(row)
             tqdm.write(f"{row['setting']} seed {row['seed']}: SNN accuracy {row['test_accuracy']:.4f}, "
                        f"{row['spikes_per_neuron']:.3f} spikes/neuron "
-                       f"(per layer {', '.join(f'{v:.3f}' for v in row['spikes_per_neuron_per_layer'])})")
+                       f"(per layer {', '.join(f'{v:.3f}' for v in row['spikes_per_neuron_per_layer'])}); "
+                       f"conv1 {row['conv1_spikes_per_neuron_background']:.3f} on background positions "
+                       f"({row['conv1_background_positions']:.0%} of them), "
+                       f"{row['conv1_spikes_per_neuron_elsewhere']:.3f} elsewhere")
     rows.sort(key=lambda r: (list(SETTINGS).index(r["setting"]), r["seed"]))
     RESULTS.mkdir(exist_ok=True)
     out = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__, "runs": rows}
