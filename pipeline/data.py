@@ -19,18 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import ChecksumError, DataNotFoundError
 from .params import Places365Params, SourceParams, SyntheticParams
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 PREPARED_FILES = ("train.pt", "test.pt", "meta.json")
-
-
-class ChecksumError(ValueError):
-    """A raw or prepared file whose content is not what it should be (corrupt, truncated, replaced)."""
-
-
-class DataNotFoundError(FileNotFoundError):
-    """No source had the dataset; the message lists every source tried and how to provide one."""
 
 
 # -- registry ----------------------------------------------------------------------------------------

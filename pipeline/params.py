@@ -21,11 +21,11 @@ import yaml
 
 from ttfs import zoo
 
+from .errors import ParamsError
+
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "places365", "synthetic")
 
 
-class ParamsError(ValueError):
-    """A params.yaml value that does not fit the schema; the message starts with the key path."""
 
 
 # -- sections ----------------------------------------------------------------------------------------
