@@ -42,7 +42,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 
@@ -62,6 +61,7 @@ from ttfs.jacobian import (
 from ttfs.train import DivergenceError, TensorBatches, evaluate, train_epoch
 
 from .artifacts import write_csv, write_json
+from .params import DynamicsConfig, resolve_device
 
 F64 = torch.float64
 SNNS = ("b1", "alpha1_smart", "alpha1_standard")
@@ -90,30 +90,6 @@ STYLE = {
 INIT_LABELS = {"b1": "B1", "alpha1_smart": "α1 smart init", "alpha1_standard": "α1 standard init"}
 
 LogFn = Callable[[dict, int], None]
-
-
-@dataclass(frozen=True)
-class DynamicsConfig:
-    """Settings of the study (the ``dynamics`` section of params.yaml, without ``dataset``).
-
-    ``depth`` counts weight layers (hidden layers + readout): depth 8 = 7 hidden layers of ``width``.
-    ``train_size``/``test_size``: seeded random subsets (None = all). ``calibration_samples`` training
-    samples set the SNNs' windows and alpha1-standard's thresholds; ``spectra_samples`` of them are
-    analysed at initialisation. Optimiser: Adam with constant ``lr`` for every network.
-    """
-
-    depth: int = field(default=8, metadata={"min": 2})
-    width: int = field(default=200, metadata={"min": 1})
-    train_size: int | None = field(default=10000, metadata={"min": 1})
-    test_size: int | None = field(default=2000, metadata={"min": 1})
-    epochs: int = field(default=5, metadata={"min": 0})
-    batch_size: int = field(default=32, metadata={"min": 1})
-    lr: float = field(default=5e-4, metadata={"gt": 0.0})
-    evals_per_epoch: int = field(default=4, metadata={"min": 1})
-    calibration_samples: int = field(default=1000, metadata={"min": 2})
-    spectra_samples: int = field(default=16, metadata={"min": 1})
-    seed: int = 0
-    device: str = "cpu"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,7 +241,6 @@ def run_dynamics(
     ``log(values, step)``, if given, is called at every record with
     ``values = {"epoch": e, network: {metric: value}}`` (finite numbers only), e.g. for MLflow.
     """
-    from .params import resolve_device  # lazy: params.py may import DynamicsConfig from here
 
     out_dir = Path(out_dir)
     device = resolve_device(config.device, "dynamics.device")
@@ -346,7 +321,7 @@ def run_dynamics(
     bar.close()
 
     metrics = {
-        "config": asdict(config) | {"widths": widths, "train_samples": len(x_train), "test_samples": len(x_test),
+        "config": config.model_dump() | {"widths": widths, "train_samples": len(x_train), "test_samples": len(x_test),
                                     "steps_per_epoch": steps_per_epoch, "dtype": "float64", "optimizer": "adam"},
         "networks": _final_metrics(rows, diverged),
         "init_spectra": spectra,

@@ -1,396 +1,509 @@
-"""Typed, validated view of params.yaml: one frozen dataclass per section, errors name the full key.
+"""params.yaml, typed: one frozen pydantic model for the whole file, validated once before anything runs.
 
 ``dvc exp run -S key=1e-05`` writes values that YAML 1.1 loaders read back as strings, and hand-edited
-files carry typos; both must fail early with the offending key path, never half-way through training.
-Numeric strings are coerced, unknown keys are rejected with the allowed ones listed.
+files carry typos; both must fail before the first stage with the offending key path. Numeric strings
+are coerced, unknown keys are rejected with the allowed ones listed, NaN and infinities are refused
+everywhere. ``params.schema.json`` (``python -m pipeline.params --schema``) lets editors check the file.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import hashlib
 import json
+import math
 import re
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from ttfs import zoo
 
 from .errors import ParamsError
 
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "params.schema.json"
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "places365", "synthetic")
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
+# -- scalar types: YAML's strings and DVC's rewrites coerced, bools never taken for numbers ------------
 
 
-# -- sections ----------------------------------------------------------------------------------------
+def _number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise PydanticCustomError("not_a_number", "expected a number, not a boolean")
+    if isinstance(value, str) and value.strip().lower() in ("null", "none", "~"):
+        return None
+    return value
 
 
-@dataclass(frozen=True)
-class SourceParams:
+def _integer(value: Any) -> Any:
+    """'1e1' (a float string DVC may write) is 10; 2.5 stays an error."""
+    value = _number(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() else value
+    return value
+
+
+Float = Annotated[float, BeforeValidator(_number)]
+Int = Annotated[int, BeforeValidator(_integer)]
+PositiveFloat = Annotated[Float, Field(gt=0)]
+NonNegativeFloat = Annotated[Float, Field(ge=0)]
+PositiveInt = Annotated[Int, Field(ge=1)]
+NonNegativeInt = Annotated[Int, Field(ge=0)]
+Fraction = Annotated[Float, Field(gt=0, le=1)]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
+
+
+class Section(BaseModel):
+    """Every params section: frozen, unknown keys refused with the allowed ones listed, no NaN/inf."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if isinstance(data, dict) and cls.model_config.get("extra") == "forbid":
+            unknown = sorted(str(k) for k in set(data) - set(cls.model_fields))
+            if unknown:
+                raise PydanticCustomError("unknown_key", "{key}: unknown key; allowed keys: {allowed}",
+                                          {"key": unknown[0], "allowed": ", ".join(cls.model_fields)})
+        return data
+
+
+# -- data --------------------------------------------------------------------------------------------
+
+
+class SourceParams(Section):
     """Where to find a real dataset: ``root`` first, then the system copy, then a download."""
 
     root: str | None = None
     download: bool = True
 
 
-@dataclass(frozen=True)
-class Places365Params:
+class Places365Params(Section):
     root: str | None = None
     download: bool = False  # 24 GB: never implicitly
     small: bool = True  # the 256x256 images
-    image_size: int = field(default=224, metadata={"min": 1})
+    image_size: PositiveInt = 224
 
 
-@dataclass(frozen=True)
-class SyntheticParams:
+class SyntheticParams(Section):
     """Seeded images with learnable class structure (tests, smoke runs)."""
 
-    train_size: int = field(default=512, metadata={"min": 1})
-    test_size: int = field(default=256, metadata={"min": 1})
-    shape: tuple[int, ...] = (1, 8, 8)
-    classes: int = field(default=4, metadata={"min": 2})
-    noise: float = field(default=0.15, metadata={"min": 0.0})
-    seed: int = 0
+    train_size: PositiveInt = 512
+    test_size: PositiveInt = 256
+    shape: tuple[PositiveInt, ...] = (1, 8, 8)
+    classes: Annotated[Int, Field(ge=2)] = 4
+    noise: NonNegativeFloat = 0.15
+    seed: Int = 0
 
 
-DATASET_PARAMS = {name: SourceParams for name in DATASETS} | {
-    "places365": Places365Params,
-    "synthetic": SyntheticParams,
-}
+class DatasetsParams(Section):
+    """The datasets ``prepare`` makes; a dataset absent here is not prepared."""
+
+    mnist: SourceParams | None = None
+    fashion_mnist: SourceParams | None = None
+    cifar10: SourceParams | None = None
+    cifar100: SourceParams | None = None
+    places365: Places365Params | None = None
+    synthetic: SyntheticParams | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _listed_means_present(cls, data: Any) -> Any:
+        """``fashion_mnist:`` with nothing under it lists the dataset with default settings."""
+        return {k: ({} if v is None else v) for k, v in data.items()} if isinstance(data, dict) else data
 
 
-@dataclass(frozen=True)
-class PretrainParams:
-    """ReLU training (SPEC 4); ``checkpoint`` loads given weights (a state_dict file) instead."""
+class DataParams(Section):
+    datasets: DatasetsParams = DatasetsParams()
 
-    epochs: int = field(default=10, metadata={"min": 0})
-    batch_size: int = field(default=8, metadata={"min": 1})
+
+# -- experiment sections -------------------------------------------------------------------------------
+
+
+class TrainingParams(Section):
+    """What pretraining and fine-tuning share: optimiser, the paper's step decay, regularisers."""
+
+    epochs: NonNegativeInt = 10
+    batch_size: PositiveInt = 8
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = field(default=5e-4, metadata={"gt": 0.0})
-    lr_decay: float = field(default=0.9, metadata={"gt": 0.0, "max": 1.0})
-    decay_steps: int = field(default=5000, metadata={"min": 1})
-    weight_decay: float = field(default=0.0, metadata={"min": 0.0})
-    l1: float = field(default=0.0, metadata={"min": 0.0})
+    lr: PositiveFloat = 5e-4
+    lr_decay: Fraction = 0.9
+    decay_steps: PositiveInt = 5000
+    weight_decay: NonNegativeFloat = 0.0
+    l1: NonNegativeFloat = 0.0
     augment: Literal["none", "crop_flip"] = "none"  # crop_flip: CIFAR's 4-pixel shifts and mirror images
     nonpositive_bias: bool = False  # hidden biases <= 0 after every step: no spontaneous spikes, fewer spikes
-    eval_batch_size: int = field(default=1000, metadata={"min": 1})
+    eval_batch_size: PositiveInt = 1000
+
+
+class PretrainParams(TrainingParams):
+    """ReLU training (SPEC 4); ``checkpoint`` loads given weights (a state_dict file) instead."""
+
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
 
 
-@dataclass(frozen=True)
-class ConvertParams:
+class ConvertParams(Section):
     """Exact conversion and its verification (SPEC 3.4)."""
 
-    zeta: float = field(default=0.5, metadata={"min": 0.0})
-    calibration_samples: int | None = field(default=None, metadata={"min": 1})
-    batch_size: int = field(default=1000, metadata={"min": 1})
-    rel_tolerance: float = field(default=1e-9, metadata={"gt": 0.0})
+    zeta: NonNegativeFloat = 0.5
+    calibration_samples: PositiveInt | None = None
+    batch_size: PositiveInt = 1000
+    rel_tolerance: PositiveFloat = 1e-9
 
 
-@dataclass(frozen=True)
-class FinetuneParams:
+class FinetuneParams(TrainingParams):
     """B1 exact-gradient training: of the converted SNN, or of a freshly initialised one (``scratch``)."""
 
     mode: Literal["converted", "scratch"] = "converted"
-    epochs: int = field(default=1, metadata={"min": 0})
-    batch_size: int = field(default=8, metadata={"min": 1})
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = field(default=5e-4, metadata={"gt": 0.0})
-    lr_decay: float = field(default=0.9, metadata={"gt": 0.0, "max": 1.0})
-    decay_steps: int = field(default=5000, metadata={"min": 1})
-    weight_decay: float = field(default=0.0, metadata={"min": 0.0})
-    l1: float = field(default=0.0, metadata={"min": 0.0})
-    augment: Literal["none", "crop_flip"] = "none"
-    nonpositive_bias: bool = False
-    kappa: float = field(default=10.0, metadata={"gt": 0.0})
+    epochs: NonNegativeInt = 1
+    kappa: PositiveFloat = 10.0
     adapt_windows: bool = True
-    zeta: float = field(default=0.5, metadata={"min": 0.0})  # initial windows in scratch mode
-    calibration_samples: int | None = field(default=None, metadata={"min": 1})  # scratch mode
-    eval_batch_size: int = field(default=1000, metadata={"min": 1})
+    zeta: NonNegativeFloat = 0.5  # initial windows in scratch mode
+    calibration_samples: PositiveInt | None = None  # scratch mode
 
 
-@dataclass(frozen=True)
-class EvaluateParams:
-    batch_size: int = field(default=1000, metadata={"min": 1})
-    histogram_bins: int = field(default=40, metadata={"min": 1})
-    raster_samples: int = field(default=1, metadata={"min": 1})
+class EvaluateParams(Section):
+    batch_size: PositiveInt = 1000
+    histogram_bins: PositiveInt = 40
+    raster_samples: PositiveInt = 1
     first_layer_spiking: bool = False
 
 
-@dataclass(frozen=True)
-class ModelParams:
+def _grid(value: Any) -> Any:
+    """A single value is a one-element grid, as ``dvc exp run -S key=4`` writes it."""
+    return [value] if isinstance(value, (int, float, str)) and not isinstance(value, bool) else value
+
+
+class SweepParams(Section):
+    """``experiments.<name>.sweep``: the grids (an empty list skips that constraint) and the fine-tuning."""
+
+    jitter: Annotated[tuple[NonNegativeFloat, ...], BeforeValidator(_grid)] = (0.0, 0.01, 0.05, 0.1)
+    jitter_seeds: PositiveInt = 3
+    time_steps: Annotated[tuple[Annotated[Int, Field(ge=2)], ...], BeforeValidator(_grid)] = (4, 8, 16, 32)
+    weight_bits: Annotated[tuple[Annotated[Int, Field(ge=2, le=32)], ...], BeforeValidator(_grid)] = (2, 3, 4, 8)
+    latency_factor: Annotated[tuple[Annotated[Float, Field(ge=1)], ...], BeforeValidator(_grid)] = (
+        1.0, 2.0, 4.0, 8.0)
+    window_quantile: Fraction = 0.999
+    quantile_samples: PositiveInt | None = 10000
+    latency_base: Literal["tight", "model"] = "tight"
+    weight_percentile: Annotated[Float, Field(gt=0, le=100)] = 100.0
+    finetune_epochs: NonNegativeInt = 1
+    finetune_lr: PositiveFloat = 1e-4
+    batch_size: PositiveInt = 8
+    nonpositive_bias: bool = False  # as in the finetune section: hidden biases stay <= 0 while fine-tuning
+    eval_batch_size: PositiveInt = 1000
+    train_metrics: bool = False  # also measure on the training set (costs a pass over it per evaluation)
+    tolerance: NonNegativeFloat = 0.01  # "within tolerance of the SNN" summary
+
+    @field_validator("jitter", "time_steps", "weight_bits", "latency_factor")
+    @classmethod
+    def _distinct(cls, values: tuple) -> tuple:
+        for i, v in enumerate(values):
+            if v in values[:i]:
+                raise PydanticCustomError("duplicate", "[{index}]: duplicate grid value {value} (each value once)",
+                                          {"index": i, "value": f"{v:g}"})
+        return values
+
+    def grid(self, kind: str) -> tuple:
+        return getattr(self, kind)
+
+    def finetune_params(self) -> FinetuneParams:
+        """The fine-tuning under a constraint: the finetune stage's loop with fixed windows."""
+        return FinetuneParams(epochs=self.finetune_epochs, batch_size=self.batch_size, lr=self.finetune_lr,
+                              adapt_windows=False, nonpositive_bias=self.nonpositive_bias,
+                              eval_batch_size=self.eval_batch_size)
+
+
+class ModelParams(Section):
     """A zoo model: ``name`` plus any keyword its builder accepts (checked against its signature)."""
 
+    model_config = ConfigDict(frozen=True, extra="allow", allow_inf_nan=False)
+
     name: str
-    options: dict[str, Any] = field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _builder_keywords(cls, data: Any) -> Any:
+        """Keywords of the zoo builder only, each coerced to the type of the builder's default."""
+        if not isinstance(data, dict) or "name" not in data:
+            return data
+        name = data["name"]
+        if name not in zoo.list_models():
+            raise PydanticCustomError("unknown_model", "name: unknown model '{name}'; one of {models}",
+                                      {"name": name, "models": ", ".join(zoo.list_models())})
+        defaults = {k: v for k, v in zoo.model_defaults(name).items() if k not in ("in_shape", "num_classes")}
+        out = {"name": name}
+        for key, value in data.items():
+            if key == "name":
+                continue
+            if key not in defaults:
+                raise PydanticCustomError("unknown_key", "{key}: unknown key for model '{name}'; allowed keys: "
+                                          "name, {allowed}", {"key": key, "name": name,
+                                                              "allowed": ", ".join(defaults)})
+            default = defaults[key]
+            kind = {bool: bool, int: Int, str: str}.get(type(default), Float | None)
+            try:
+                out[key] = TypeAdapter(kind).validate_python(value)
+            except ValidationError as e:
+                raise PydanticCustomError("model_type", "{key}: {msg}",
+                                          {"key": key, "msg": e.errors()[0]["msg"]}) from None
+        return out
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.__pydantic_extra__ or {})
 
     def kwargs(self) -> dict[str, Any]:
-        return dict(self.options)
+        return self.options
 
 
-@dataclass(frozen=True)
-class ExperimentParams:
+class ExperimentParams(Section):
     """Every key is required: dvc.yaml lists each one as a params dependency, and DVC refuses missing ones.
 
     Keys inside the stage sections have defaults (an empty section ``{}`` is valid).
     """
 
-    dataset: str
+    dataset: Literal[DATASETS]  # type: ignore[valid-type]
     model: ModelParams
-    seed: int
-    device: str  # auto | cpu | cuda | cuda:N
+    seed: Int
+    device: Device
     dtype: Literal["float32", "float64"]
     pretrain: PretrainParams
     convert: ConvertParams
     finetune: FinetuneParams
     evaluate: EvaluateParams
-    sweep: Any  # pipeline.sweeps.SweepParams after parse() (that module imports this one)
+    sweep: SweepParams
+
+    @model_validator(mode="after")
+    def _bias_constraint_needs_plain_model(self) -> ExperimentParams:
+        if self.model.options.get("batch_norm") and self.pretrain.nonpositive_bias:
+            raise PydanticCustomError("batch_norm_bias", "pretrain.nonpositive_bias: needs a model without batch "
+                                      "norm (its shift is a bias the constraint would miss); set model.batch_norm "
+                                      "to false")
+        return self
 
 
-@dataclass(frozen=True)
-class Params:
-    datasets: dict[str, Any]
-    experiments: dict[str, ExperimentParams]
+# -- studies -------------------------------------------------------------------------------------------
+
+
+class TuneParams(Section):
+    """One experiment's ``tune`` section (``tune.<experiment>``).
+
+    Training settings not listed here (optimiser, weight decay, lr decay, kappa, adaptive windows, batch
+    size, eval batch size and the learning rate when it is not tuned) come from the experiment's
+    ``finetune`` section. Every trial starts from ``models/<experiment>/snn_converted.pt``.
+    """
+
+    n_trials: PositiveInt = 20  # total over all workers, baseline included
+    epochs: PositiveInt = 1
+    train_subset: PositiveInt | None = 20000  # None: all training samples left
+    val_size: PositiveInt = 10000  # held out from the training split
+    l1_min: PositiveFloat = 1e-6
+    l1_max: PositiveFloat = 1e-2
+    tune_lr: bool = False
+    lr_min: PositiveFloat = 1e-5
+    lr_max: PositiveFloat = 1e-3
+    batch_size: PositiveInt | None = None  # None: finetune.batch_size
+    sampler: Literal["tpe", "random", "nsga2"] = "tpe"
+    n_startup_trials: NonNegativeInt = 6  # TPE: random trials before modelling
+    seed: Int = 0  # sampler seed (the data split and batch order use the experiment seed)
+    target_spikes: NonNegativeFloat = 0.2  # reported: is the target met?
+    target_accuracy_drop: NonNegativeFloat = 0.01  # 1 point
+    wait_timeout: NonNegativeFloat = 86400.0  # s the exporter waits for others
+    heartbeat_interval: PositiveFloat = 30.0
+    stale_after: PositiveFloat = 900.0
+
+    @model_validator(mode="after")
+    def _ordered_ranges(self) -> TuneParams:
+        for lo, hi in (("l1_min", "l1_max"), ("lr_min", "lr_max")):
+            if getattr(self, lo) > getattr(self, hi):
+                raise PydanticCustomError("range", "{lo}: must be <= {hi} ({a} > {b})",
+                                          {"lo": lo, "hi": hi, "a": getattr(self, lo), "b": getattr(self, hi)})
+        return self
+
+    def study_identity(self) -> dict:
+        """The keys that change what a trial computes (the budget and reporting keys do not)."""
+        skip = {"n_trials", "target_spikes", "target_accuracy_drop", "wait_timeout", "heartbeat_interval",
+                "stale_after"}
+        return self.model_dump(mode="json", exclude=skip)
+
+
+class DynamicsConfig(Section):
+    """Settings of the learning-dynamics study (the ``dynamics`` section without ``dataset``).
+
+    ``depth`` counts weight layers (hidden layers + readout): depth 8 = 7 hidden layers of ``width``.
+    ``train_size``/``test_size``: seeded random subsets (None = all). ``calibration_samples`` training
+    samples set the SNNs' windows and alpha1-standard's thresholds; ``spectra_samples`` of them are
+    analysed at initialisation. Optimiser: Adam with constant ``lr`` for every network.
+    """
+
+    depth: Annotated[Int, Field(ge=2)] = 8
+    width: PositiveInt = 200
+    train_size: PositiveInt | None = 10000
+    test_size: PositiveInt | None = 2000
+    epochs: NonNegativeInt = 5
+    batch_size: PositiveInt = 32
+    lr: PositiveFloat = 5e-4
+    evals_per_epoch: PositiveInt = 4
+    calibration_samples: Annotated[Int, Field(ge=2)] = 1000
+    spectra_samples: PositiveInt = 16
+    seed: Int = 0
+    device: Device = "cpu"
+
+
+class DynamicsParams(DynamicsConfig):
+    dataset: Literal[DATASETS]  # type: ignore[valid-type]
+
+    def config(self) -> DynamicsConfig:
+        return DynamicsConfig(**self.model_dump(exclude={"dataset"}))
+
+
+# -- the file ------------------------------------------------------------------------------------------
+
+
+class Params(Section):
+    """The whole of params.yaml. ``x-...`` top-level keys hold YAML anchors and are ignored."""
+
+    data: DataParams = DataParams()
+    experiments: dict[str, ExperimentParams] = {}
+    tune: dict[str, TuneParams] = {}
+    dynamics: DynamicsParams | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_anchors(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not str(k).startswith("x-")}
+        return data
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Params:
+        listed = self.datasets
+        for name, exp in self.experiments.items():
+            if not NAME.fullmatch(name):
+                raise PydanticCustomError("name", "experiments: '{name}' is not a valid experiment name; "
+                                          "names start with a letter and use letters, digits and '_' only",
+                                          {"name": name})
+            if exp.dataset not in listed:
+                raise PydanticCustomError("unlisted", "experiments.{name}.dataset: '{ds}' is not listed under "
+                                          "data.datasets (listed: {listed}); add it there so it is prepared",
+                                          {"name": name, "ds": exp.dataset, "listed": ", ".join(listed) or "none"})
+        for name in self.tune:
+            if name not in self.experiments:
+                raise PydanticCustomError("unknown_experiment", "tune.{name}: no experiment '{name}' under "
+                                          "experiments (defined: {defined})",
+                                          {"name": name, "defined": ", ".join(self.experiments) or "none"})
+        if self.dynamics is not None and self.dynamics.dataset not in listed:
+            raise PydanticCustomError("unlisted", "dynamics.dataset: '{ds}' is not listed under data.datasets "
+                                      "(listed: {listed}); add it there so it is prepared",
+                                      {"ds": self.dynamics.dataset, "listed": ", ".join(listed) or "none"})
+        return self
+
+    @property
+    def datasets(self) -> dict[str, Section]:
+        sections = self.data.datasets
+        return {name: getattr(sections, name) for name in DATASETS if getattr(sections, name) is not None}
 
     def experiment(self, name: str) -> ExperimentParams:
         if name not in self.experiments:
             raise ParamsError(f"experiments: no experiment {name!r}; defined: {', '.join(self.experiments)}")
         return self.experiments[name]
 
-    def dataset(self, name: str):
+    def dataset(self, name: str) -> Section:
         if name not in self.datasets:
             raise ParamsError(f"data.datasets: no dataset {name!r}; defined: {', '.join(self.datasets)}")
         return self.datasets[name]
 
-
-# -- coercion ----------------------------------------------------------------------------------------
-
-_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$", re.IGNORECASE)
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})" if not isinstance(value, str) else repr(value)
+    def tuning(self, name: str) -> TuneParams:
+        if name not in self.tune:
+            tuned = ", ".join(self.tune) or "none"
+            raise ParamsError(f"tune: no section for experiment {name!r}; tuned: {tuned}")
+        return self.tune[name]
 
 
-def _to_float(value: Any, path: str) -> float:
-    if isinstance(value, bool):
-        raise ParamsError(f"{path}: expected a float, got {_describe(value)}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str) and _FLOAT.match(value.strip()):
-        return float(value)
-    raise ParamsError(f"{path}: expected a float, got {_describe(value)}")
+# -- loading -------------------------------------------------------------------------------------------
 
 
-def _to_int(value: Any, path: str) -> int:
-    if isinstance(value, bool):
-        raise ParamsError(f"{path}: expected an integer, got {_describe(value)}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, (float, str)):
-        try:
-            number = float(value) if isinstance(value, float) else _to_float(value, path)
-        except ParamsError:
-            number = None
-        if number is not None and number.is_integer():
-            return int(number)
-    raise ParamsError(f"{path}: expected an integer, got {_describe(value)}")
-
-
-def _to_bool(value: Any, path: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ParamsError(f"{path}: expected true or false, got {_describe(value)}")
-
-
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "~")):
-            if type(None) in options:
-                return None
-            raise ParamsError(f"{path}: must be set")
-        (inner,) = [t for t in options if t is not type(None)]
-        return _coerce(inner, value, path)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ParamsError(f"{path}: expected one of {', '.join(map(str, choices))}, got {_describe(value)}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ParamsError(f"{path}: expected a list, got {_describe(value)}")
-        return tuple(_to_int(v, f"{path}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ParamsError(f"{path}: expected a mapping, got {_describe(value)}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    if tp is float:
-        return _to_float(value, path)
-    if tp is int:
-        return _to_int(value, path)
-    if tp is bool:
-        return _to_bool(value, path)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ParamsError(f"{path}: expected a string, got {_describe(value)}")
-        return value
-    if tp is Any:
-        return value
-    raise TypeError(f"unsupported schema type {tp!r} at {path}")
-
-
-def _check_range(value: Any, meta: dict, path: str) -> None:
-    if value is None or not meta:
-        return
-    if "min" in meta and value < meta["min"]:
-        raise ParamsError(f"{path}: must be >= {meta['min']}, got {value}")
-    if "gt" in meta and not value > meta["gt"]:
-        raise ParamsError(f"{path}: must be > {meta['gt']}, got {value}")
-    if "max" in meta and value > meta["max"]:
-        raise ParamsError(f"{path}: must be <= {meta['max']}, got {value}")
-
-
-def _build(cls: type, data: Any, path: str):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected a mapping, got {_describe(data)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ParamsError(f"{path}.{unknown[0]}: unknown key; allowed keys: {', '.join(fields)}")
-    values = {}
-    for name, f in fields.items():
-        key = f"{path}.{name}"
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ParamsError(f"{key}: required key is missing")
-            continue
-        values[name] = _coerce(hints[name], data[name], key)
-        _check_range(values[name], dict(f.metadata), key)
-    return cls(**values)
-
-
-def _model(data: Any, path: str) -> ModelParams:
-    """The model section: ``name`` plus builder keywords, coerced to the types of the builder's defaults."""
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected a mapping with a 'name', got {_describe(data)}")
-    if "name" not in data:
-        raise ParamsError(f"{path}.name: required key is missing; one of {', '.join(zoo.list_models())}")
-    name = data["name"]
-    if name not in zoo.list_models():
-        raise ParamsError(f"{path}.name: unknown model {name!r}; one of {', '.join(zoo.list_models())}")
-    defaults = {k: v for k, v in zoo.model_defaults(name).items() if k not in ("in_shape", "num_classes")}
-    options = {}
-    for key, value in data.items():
-        if key == "name":
-            continue
-        if key not in defaults:
-            raise ParamsError(f"{path}.{key}: unknown key for model {name!r}; allowed keys: "
-                              f"name, {', '.join(defaults)}")
-        default = defaults[key]
-        if isinstance(default, bool):
-            tp: Any = bool
-        elif isinstance(default, (int, float)) or default is None:
-            tp = float | None if default is None or isinstance(default, float) else int
-        else:
-            tp = str
-        options[key] = _coerce(tp, value, f"{path}.{key}")
-    return ModelParams(name, options)
-
-
-def _device(value: str, path: str) -> str:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
-        raise ParamsError(f"{path}: expected auto, cpu, cuda or cuda:N, got {value!r}")
-    return value
+def _message(error: dict) -> str:
+    """One pydantic error as '<full.key.path>: <what is wrong>, got <value>'."""
+    loc = [str(part) for part in error["loc"]]
+    kind, msg = error["type"], error["msg"]
+    if kind in ("unknown_key", "unknown_model", "model_type", "batch_norm_bias", "range", "duplicate"):
+        head, _, msg = msg.partition(": ")
+        loc.append(head) if not head.startswith("[") else loc.__setitem__(-1, loc[-1] + head)
+    elif kind in ("name", "unlisted", "unknown_experiment"):
+        head, _, msg = msg.partition(": ")
+        loc = [head]
+    elif kind == "missing":
+        msg = "required key is missing"
+    elif kind == "literal_error":
+        msg = "expected one of " + ", ".join(map(str, error["ctx"]["expected"].replace("'", "").split(" or ")))
+    elif kind == "string_pattern_mismatch" and loc[-1] == "device":
+        msg = "expected auto, cpu, cuda or cuda:N"
+    path = ".".join(p if not p.isdigit() else f"[{p}]" for p in loc).replace(".[", "[")
+    got = "" if kind in ("missing", "unknown_key", "name", "unlisted", "unknown_experiment", "range") else (
+        f", got {error['input']!r}" if "input" in error and not isinstance(error["input"], dict) else "")
+    return f"{path}: {msg[0].lower() + msg[1:]}{got}"
 
 
 def parse(raw: Any) -> Params:
-    """Validate the whole params mapping (as loaded from params.yaml)."""
+    """Validate the whole params mapping (as loaded from params.yaml); ParamsError names the key path."""
     if not isinstance(raw, dict):
-        raise ParamsError(f"params.yaml: expected a mapping at the top level, got {_describe(raw)}")
-    # tune and dynamics are read and validated by their own stages (pipeline/tuning.py, pipeline/dynamics.py)
-    unknown = sorted(k for k in set(raw) - {"data", "experiments", "tune", "dynamics"} if not str(k).startswith("x-"))
+        raise ParamsError(f"params.yaml: expected a mapping at the top level, got {raw!r}")
+    unknown = sorted(str(k) for k in set(raw) - set(Params.model_fields) if not str(k).startswith("x-"))
     if unknown:
-        raise ParamsError(f"{unknown[0]}: unknown top-level section; allowed: data, experiments, tune, dynamics "
+        raise ParamsError(f"{unknown[0]}: unknown top-level section; allowed: {', '.join(Params.model_fields)} "
                           "(and x-... keys holding YAML anchors)")
-    data = raw.get("data") or {}
-    if not isinstance(data, dict) or set(data) - {"datasets"}:
-        extra = sorted(set(data) - {"datasets"}) if isinstance(data, dict) else []
-        raise ParamsError(f"data.{extra[0]}: unknown key; allowed keys: datasets" if extra
-                          else f"data: expected a mapping, got {_describe(data)}")
-    datasets_raw = data.get("datasets") or {}
-    if not isinstance(datasets_raw, dict):
-        raise ParamsError(f"data.datasets: expected a mapping of dataset names, got {_describe(datasets_raw)}")
-    datasets = {}
-    for name, section in datasets_raw.items():
-        if name not in DATASET_PARAMS:
-            raise ParamsError(f"data.datasets.{name}: unknown dataset; one of {', '.join(DATASETS)}")
-        datasets[name] = _build(DATASET_PARAMS[name], section, f"data.datasets.{name}")
-    experiments_raw = raw.get("experiments") or {}
-    if not isinstance(experiments_raw, dict):
-        raise ParamsError(f"experiments: expected a mapping of experiment names, got {_describe(experiments_raw)}")
-    experiments = {}
-    for name, section in experiments_raw.items():
-        path = f"experiments.{name}"
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
-            raise ParamsError(f"{path}: experiment names may use letters, digits, '_', '-' and '.' only")
-        if not isinstance(section, dict):
-            raise ParamsError(f"{path}: expected a mapping, got {_describe(section)}")
-        if "model" not in section:
-            raise ParamsError(f"{path}.model: required key is missing")
-        model = _model(section["model"], f"{path}.model")
-        exp = _build(ExperimentParams, {**section, "model": {"name": model.name}}, path)
-        from .sweeps import parse_sweep  # here, not at the top: pipeline.sweeps imports this module
-
-        exp = dataclasses.replace(exp, model=model, device=_device(exp.device, f"{path}.device"),
-                                  sweep=parse_sweep(exp.sweep, f"{path}.sweep"))
-        if exp.model.options.get("batch_norm") and exp.pretrain.nonpositive_bias:
-            raise ParamsError(f"{path}.pretrain.nonpositive_bias: needs a model without batch norm (its shift is "
-                              f"a bias the constraint would miss); set {path}.model.batch_norm to false")
-        if exp.dataset not in datasets:
-            raise ParamsError(f"{path}.dataset: {exp.dataset!r} is not listed under data.datasets "
-                              f"(listed: {', '.join(datasets) or 'none'}); add it there so it is prepared")
-        experiments[name] = exp
-    return Params(datasets, experiments)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError(_message(e.errors()[0])) from None
 
 
 def load(path: str | Path = "params.yaml") -> Params:
+    """The one way to read params.yaml: every stage, the report and the tests come through here."""
     path = Path(path)
     if not path.is_file():
-        raise ParamsError(f"{path}: no params file (run from the project root)")
-    with open(path, encoding="utf-8") as f:
-        try:
-            raw = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ParamsError(f"{path}: not valid YAML: {e}") from e
+        raise ParamsError(f"{path}: no params file (run from the project root, where params.yaml is)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from e
     return parse(raw or {})
 
 
 def as_dict(obj: Any) -> Any:
-    """Plain JSON-able form of a params dataclass (model options flattened next to the name)."""
-    if isinstance(obj, ModelParams):
-        return {"name": obj.name, **obj.options}
-    if dataclasses.is_dataclass(obj):
-        return {f.name: as_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    """Plain JSON-able form of params (models dumped, model options next to the name)."""
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
     if isinstance(obj, dict):
         return {k: as_dict(v) for k, v in obj.items()}
-    if isinstance(obj, tuple):
+    if isinstance(obj, (list, tuple)):
         return [as_dict(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"non-finite value {obj} in params")
     return obj
 
 
@@ -419,3 +532,34 @@ def resolve_device(spec: str, path: str = "device"):
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise ParamsError(f"{path}: {spec!r} requested but CUDA is not available; use 'auto' or 'cpu'")
     return torch.device(spec)
+
+
+def json_schema() -> str:
+    """The JSON Schema of params.yaml, as committed in params.schema.json."""
+    schema = Params.model_json_schema()
+    schema["title"] = "ttfs pipeline params.yaml"
+    schema["patternProperties"] = {"^x-": {"description": "YAML anchors, ignored"}}
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.params", description="Validate params or write the schema.")
+    ap.add_argument("files", nargs="*", default=["params.yaml"], help="params files to validate")
+    ap.add_argument("--schema", action="store_true", help=f"write {SCHEMA_FILE.name} and exit")
+    args = ap.parse_args(argv)
+    if args.schema:
+        SCHEMA_FILE.write_text(json_schema())
+        print(f"wrote {SCHEMA_FILE}")
+        return 0
+    for file in args.files:
+        try:
+            params = load(file)
+        except ParamsError as e:
+            print(f"{file}: invalid params: {e}")
+            return 2
+        print(f"{file}: valid ({len(params.experiments)} experiments, {len(params.tune)} tuned)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

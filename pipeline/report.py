@@ -19,7 +19,6 @@ tracking store: the latest FINISHED run of each stage whose ``params_hash`` tag 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import json
 import math
@@ -325,7 +324,7 @@ def expected_hashes(params: Mapping) -> dict[tuple[str, str], str]:
         from .stage import Experiment
     except Exception:  # noqa: BLE001 - a broken install must not break the report
         return out
-    fields = {f.name for f in dataclasses.fields(P.ExperimentParams)}
+    fields = set(P.ExperimentParams.model_fields)
     clean = {k: v for k, v in params.items() if k in ("data", "experiments") or str(k).startswith("x-")}
     raw_exps = _section(params, "experiments")
     clean["experiments"] = {n: ({k: v for k, v in s.items() if k in fields} if isinstance(s, Mapping) else s)
@@ -339,23 +338,13 @@ def expected_hashes(params: Mapping) -> dict[tuple[str, str], str]:
         for stage in ("pretrain", "convert", "finetune", "evaluate"):
             out[(name, stage)] = P.params_hash(exp.stage_params(stage))
         if isinstance(raw_exps.get(name), Mapping) and "sweep" in raw_exps[name]:
-            try:
-                from .sweeps import parse_sweep
-
-                sp = parse_sweep(raw_exps[name]["sweep"], f"experiments.{name}.sweep")
-                out[(name, "sweep")] = P.params_hash(P.as_dict({**exp.shared(), "sweep": sp}))
-            except Exception:  # noqa: BLE001
-                pass
+            out[(name, "sweep")] = P.params_hash(P.as_dict({**exp.shared(), "sweep": ep.sweep}))
     section = params.get("dynamics")
     if isinstance(section, Mapping) and "dataset" in section:
         try:
-            from .dynamics import DynamicsConfig
-
-            rest = {k: v for k, v in section.items() if k != "dataset"}
-            config = P._build(DynamicsConfig, rest, "dynamics")
-            out[("dynamics", "dynamics")] = P.params_hash(
-                {"dynamics": {"dataset": section["dataset"], **dataclasses.asdict(config)}})
-        except Exception:  # noqa: BLE001
+            dyn = P.parse({"data": params.get("data") or {}, "dynamics": section}).dynamics
+            out[("dynamics", "dynamics")] = P.params_hash({"dynamics": P.as_dict(dyn)})
+        except P.ParamsError:
             pass
     return out
 

@@ -21,10 +21,9 @@ from ttfs.train import DivergenceError, TensorBatches
 
 from . import params as P
 from .artifacts import Paths, prepared_dir, read_json
-from .errors import ConversionError
 from .data import ChecksumError, DataNotFoundError, Prepared, load_prepared
+from .errors import ConversionError
 from .tracking import REFERENCE, StageRun, Tracker
-
 
 EXIT_PARAMS, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 

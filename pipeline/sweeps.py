@@ -32,17 +32,14 @@ hash of the params, the model file, the data and the source of the code that com
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
-import math
 import statistics
 import sys
 import time
-import typing
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +53,7 @@ from ttfs.train import TensorBatches
 from . import checkpoint
 from . import params as P
 from .artifacts import Paths, write_csv, write_json
+from .params import SweepParams
 from .training import fit
 
 KINDS = ("jitter", "time_steps", "weight_bits", "latency_factor")
@@ -66,91 +64,6 @@ X_COLUMN = {"jitter": "sigma", "time_steps": "time_steps", "weight_bits": "weigh
 PLOT_NAME = {"jitter": "sweep_jitter", "time_steps": "sweep_time_steps", "weight_bits": "sweep_weight_bits",
              "latency_factor": "sweep_latency"}
 JITTER_EVAL_SEED = 10_000
-
-
-# -- params ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SweepParams:
-    """``experiments.<name>.sweep``: the grids (an empty list skips that constraint) and the fine-tuning."""
-
-    jitter: tuple[float, ...] = (0.0, 0.01, 0.05, 0.1)
-    jitter_seeds: int = field(default=3, metadata={"min": 1})
-    time_steps: tuple[int, ...] = (4, 8, 16, 32)
-    weight_bits: tuple[int, ...] = (2, 3, 4, 8)
-    latency_factor: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
-    window_quantile: float = field(default=0.999, metadata={"gt": 0.0, "max": 1.0})
-    quantile_samples: int | None = field(default=10000, metadata={"min": 1})
-    latency_base: Literal["tight", "model"] = "tight"
-    weight_percentile: float = field(default=100.0, metadata={"gt": 0.0, "max": 100.0})
-    finetune_epochs: int = field(default=1, metadata={"min": 0})
-    finetune_lr: float = field(default=1e-4, metadata={"gt": 0.0})
-    batch_size: int = field(default=8, metadata={"min": 1})
-    nonpositive_bias: bool = False  # as in the finetune section: hidden biases stay <= 0 while fine-tuning
-    eval_batch_size: int = field(default=1000, metadata={"min": 1})
-    train_metrics: bool = False  # also measure on the training set (costs a pass over it per evaluation)
-    tolerance: float = field(default=0.01, metadata={"min": 0.0})  # "within tolerance of the SNN" summary
-
-    def grid(self, kind: str) -> tuple:
-        return getattr(self, kind)
-
-    def finetune_params(self) -> P.FinetuneParams:
-        """The fine-tuning under a constraint: the finetune stage's loop with fixed windows."""
-        return P.FinetuneParams(epochs=self.finetune_epochs, batch_size=self.batch_size, lr=self.finetune_lr,
-                                adapt_windows=False, nonpositive_bias=self.nonpositive_bias,
-                                eval_batch_size=self.eval_batch_size)
-
-
-# kind -> (element type, minimum, maximum or None, what the value is)
-_GRIDS: dict[str, tuple[type, float, float | None, str]] = {
-    "jitter": (float, 0.0, None, "spike-time jitter sigma (tau_c)"),
-    "time_steps": (int, 2, None, "time steps per window"),
-    "weight_bits": (int, 2, 32, "weight bit-width"),
-    "latency_factor": (float, 1.0, None, "latency reduction factor"),
-}
-
-
-def _grid(kind: str, value: Any, path: str) -> tuple:
-    """A list of grid values (a single value is a one-element grid, as `dvc exp run -S key=4` writes)."""
-    tp, low, high, what = _GRIDS[kind]
-    values = value if isinstance(value, (list, tuple)) else [value]
-    out: list = []
-    for i, v in enumerate(values):
-        where = f"{path}[{i}]" if isinstance(value, (list, tuple)) else path
-        number = P._to_int(v, where) if tp is int else P._to_float(v, where)
-        if not math.isfinite(number) or number < low:
-            raise P.ParamsError(f"{where}: {what} must be a finite number >= {low:g}, got {P._describe(v)}")
-        if high is not None and number > high:
-            raise P.ParamsError(f"{where}: {what} must be <= {high:g}, got {P._describe(v)}")
-        if number in out:
-            raise P.ParamsError(f"{where}: duplicate {what} {number:g} (each grid value once)")
-        out.append(number)
-    return tuple(out)
-
-
-def parse_sweep(raw: Any, path: str) -> SweepParams:
-    """Validate one ``experiments.<name>.sweep`` section; errors start with the key path and name the value."""
-    if isinstance(raw, SweepParams):
-        return raw
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise P.ParamsError(f"{path}: expected a mapping, got {P._describe(raw)}")
-    fields = {f.name: f for f in dataclasses.fields(SweepParams)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise P.ParamsError(f"{path}.{unknown[0]}: unknown key; allowed keys: {', '.join(fields)}")
-    hints = typing.get_type_hints(SweepParams)
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        key = f"{path}.{name}"
-        if name in _GRIDS:
-            values[name] = _grid(name, value, key)
-        else:
-            values[name] = P._coerce(hints[name], value, key)
-            P._check_range(values[name], dict(fields[name].metadata), key)
-    return SweepParams(**values)
 
 
 # -- measuring ---------------------------------------------------------------------------------------
@@ -626,6 +539,6 @@ def summary_metrics(result: dict) -> dict:
 
 __all__ = [
     "KINDS", "MlflowRecorder", "NullRecorder", "Sweep", "SweepData", "SweepParams", "assemble", "code_version",
-    "measure", "output_files", "parse_sweep", "plot_kind", "rows_for", "run_sweep", "setting_key",
+    "measure", "output_files", "plot_kind", "rows_for", "run_sweep", "setting_key",
     "summary_metrics", "write_outputs",
 ]

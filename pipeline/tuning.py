@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import fcntl
 import hashlib
 import math
@@ -43,13 +42,12 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import optuna
 import torch
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from ttfs.metrics import spike_statistics
@@ -58,6 +56,7 @@ from ttfs.train import DivergenceError, TensorBatches, evaluate, train_epoch
 from . import params as P
 from .artifacts import _atomic_bytes, load_snn, write_csv, write_json
 from .data import sha256_file
+from .params import TuneParams
 from .stage import Experiment, log_deltas, reference_run
 from .tracking import StageRun, Tracker, project_root
 from .training import optimizer_for
@@ -76,93 +75,10 @@ TRIAL_COLUMNS = ("number", "baseline", "on_front", "l1", "lr", "val_accuracy", "
 # -- params ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TuneParams:
-    """One experiment's ``tune`` section (params.yaml: ``tune.<experiment>``).
-
-    Training settings not listed here (optimiser, weight decay, lr decay, kappa, adaptive windows, batch
-    size, eval batch size and the learning rate when it is not tuned) come from the experiment's
-    ``finetune`` section. Every trial starts from ``models/<experiment>/snn_converted.pt``.
-    """
-
-    n_trials: int = field(default=20, metadata={"min": 1})  # total over all workers, baseline included
-    epochs: int = field(default=1, metadata={"min": 1})
-    train_subset: int | None = field(default=20000, metadata={"min": 1})  # None: all training samples left
-    val_size: int = field(default=10000, metadata={"min": 1})  # held out from the training split
-    l1_min: float = field(default=1e-6, metadata={"gt": 0.0})
-    l1_max: float = field(default=1e-2, metadata={"gt": 0.0})
-    tune_lr: bool = False
-    lr_min: float = field(default=1e-5, metadata={"gt": 0.0})
-    lr_max: float = field(default=1e-3, metadata={"gt": 0.0})
-    batch_size: int | None = field(default=None, metadata={"min": 1})  # None: finetune.batch_size
-    sampler: Literal["tpe", "random", "nsga2"] = "tpe"
-    n_startup_trials: int = field(default=6, metadata={"min": 0})  # TPE: random trials before modelling
-    seed: int = 0  # sampler seed (the data split and batch order use the experiment seed)
-    target_spikes: float = field(default=0.2, metadata={"min": 0.0})  # reported: is the target met?
-    target_accuracy_drop: float = field(default=0.01, metadata={"min": 0.0})  # 1 point
-    wait_timeout: float = field(default=86400.0, metadata={"min": 0.0})  # s the exporter waits for others
-    heartbeat_interval: float = field(default=30.0, metadata={"gt": 0.0})
-    stale_after: float = field(default=900.0, metadata={"gt": 0.0})
-
-    def study_identity(self) -> dict:
-        """The keys that change what a trial computes (the budget and reporting keys do not)."""
-        skip = {"n_trials", "target_spikes", "target_accuracy_drop", "wait_timeout", "heartbeat_interval",
-                "stale_after"}
-        return {k: v for k, v in P.as_dict(self).items() if k not in skip}
-
-
-def parse_tune(sections: dict[str, tuple[str, Any]], params: P.Params) -> dict[str, TuneParams]:
-    """Validate the tune sections: experiment name -> (key path, raw section)."""
-    out = {}
-    for name, (path, section) in sections.items():
-        if name not in params.experiments:
-            raise P.ParamsError(f"{path}: no experiment {name!r} under experiments "
-                                f"(defined: {', '.join(params.experiments) or 'none'})")
-        tp = P._build(TuneParams, section, path)
-        for lo, hi in (("l1_min", "l1_max"), ("lr_min", "lr_max")):
-            if getattr(tp, lo) > getattr(tp, hi):
-                raise P.ParamsError(f"{path}.{lo}: must be <= {hi} ({getattr(tp, lo)} > {getattr(tp, hi)})")
-        out[name] = tp
-    return out
-
-
 def load_params(path: str | Path = "params.yaml") -> tuple[P.Params, dict[str, TuneParams]]:
-    """The pipeline params and the tune sections, from either place params.yaml may hold them:
-
-    * top level, ``tune: {<experiment>: {...}}`` (only the experiments listed are tuned; DVC's
-      ``foreach: ${tune}``), or
-    * inside an experiment, ``experiments.<experiment>.tune`` (like ``sweep``).
-
-    The sections are taken out before :func:`pipeline.params.parse` sees them (unless the schema
-    declares them), so this works whether or not pipeline.params knows about tuning.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise P.ParamsError(f"{path}: no params file (run from the project root)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise P.ParamsError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise P.ParamsError(f"{path}: expected a mapping at the top level")
-    raw = dict(raw)
-    top = raw.pop("tune", None)
-    if top is not None and not isinstance(top, dict):
-        raise P.ParamsError(f"tune: expected a mapping of experiment names, got {top!r}")
-    sections = {name: (f"tune.{name}", section) for name, section in (top or {}).items()}
-    experiments = raw.get("experiments")
-    if isinstance(experiments, dict):
-        integrated = "tune" in {f.name for f in dataclasses.fields(P.ExperimentParams)}
-        experiments = raw["experiments"] = dict(experiments)
-        for name, section in experiments.items():
-            if isinstance(section, dict) and "tune" in section:
-                if name in sections:
-                    raise P.ParamsError(f"experiments.{name}.tune: also given as tune.{name}; keep one")
-                sections[name] = (f"experiments.{name}.tune", section["tune"])
-                if not integrated:
-                    experiments[name] = {k: v for k, v in section.items() if k != "tune"}
-    params = P.parse(raw)
-    return params, parse_tune(sections, params)
+    """The pipeline params and their ``tune`` sections."""
+    params = P.load(path)
+    return params, dict(params.tune)
 
 
 # -- storage -----------------------------------------------------------------------------------------
@@ -515,7 +431,7 @@ class TrialRunner:
         """
         snn = copy.deepcopy(self.start)
         torch.manual_seed(self.exp.params.seed)  # dropout and anything else drawing from the global RNG
-        p = dataclasses.replace(self.finetune, lr=lr, l1=l1, epochs=self.tp.epochs)
+        p = self.finetune.model_copy(update={"lr": lr, "l1": l1, "epochs": self.tp.epochs})
         opt, scheduler = optimizer_for(snn, p)
         batches = TensorBatches(*self.train, self.batch_size, shuffle=True, seed=self.exp.params.seed,
                                 device=self.exp.device)

@@ -10,17 +10,14 @@ every record of the training curves as metrics with their step, the final metric
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
-import yaml
-
 from pipeline import params as P
 from pipeline.artifacts import prepared_dir
 from pipeline.data import ChecksumError, DataNotFoundError, load_prepared
-from pipeline.dynamics import PLOTS, DynamicsConfig, run_dynamics
+from pipeline.dynamics import PLOTS, run_dynamics
 from pipeline.tracking import Tracker
 
 SECTION = "dynamics"
@@ -28,41 +25,14 @@ METRICS = Path("metrics") / "dynamics.json"
 PLOT_DIR = Path("plots") / "dynamics"
 
 
-def read_section(raw: dict) -> tuple[str, DynamicsConfig]:
-    """(dataset, config) from a loaded params mapping; ParamsError names the offending key."""
-    if not isinstance(raw, dict) or not isinstance(raw.get(SECTION), dict):
-        raise P.ParamsError(f"{SECTION}: section missing or not a mapping (needs at least 'dataset')")
-    section = dict(raw[SECTION])
-    if "dataset" not in section:
-        raise P.ParamsError(f"{SECTION}.dataset: required key is missing; one of {', '.join(P.DATASETS)}")
-    dataset = section.pop("dataset")
-    if dataset not in P.DATASETS:
-        raise P.ParamsError(f"{SECTION}.dataset: unknown dataset {dataset!r}; one of {', '.join(P.DATASETS)}")
-    listed = P.parse({"data": raw.get("data") or {}}).datasets
-    if dataset not in listed:
-        raise P.ParamsError(f"{SECTION}.dataset: {dataset!r} is not listed under data.datasets "
-                            f"(listed: {', '.join(listed) or 'none'}); add it there so it is prepared")
-    config = P._build(DynamicsConfig, section, SECTION)
-    P.resolve_device(config.device, f"{SECTION}.device")
-    return dataset, config
-
-
-def load_params(path: str | Path) -> tuple[str, DynamicsConfig]:
-    path = Path(path)
-    if not path.is_file():
-        raise P.ParamsError(f"{path}: no params file (run from the project root)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise P.ParamsError(f"{path}: not valid YAML: {e}") from e
-    return read_section(raw or {})
-
-
 def dynamics(params_file: str | Path) -> dict:
     """Train ReLU, B1, alpha1-smart and alpha1-standard in lockstep and record the learning dynamics."""
-    dataset, config = load_params(params_file)
+    section = P.load(params_file).dynamics
+    if section is None:
+        raise P.ParamsError("dynamics: section missing (needs at least 'dataset')")
+    dataset, config = section.dataset, section.config()
     data = load_prepared(prepared_dir(dataset))
-    stage_params = {SECTION: {"dataset": dataset, **dataclasses.asdict(config)}}
+    stage_params = {SECTION: P.as_dict(section)}
     tags = {"role": "analysis", "dataset": dataset, "params_hash": P.params_hash(stage_params)}
     with Tracker(SECTION).run(SECTION, stage_params, tags) as mlrun:
         metrics = run_dynamics(config, data.train_x, data.train_y, data.test_x, data.test_y, PLOT_DIR,

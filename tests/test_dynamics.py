@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import struct
 
@@ -13,7 +12,6 @@ import torch
 
 from pipeline import dynamics as D
 from pipeline import params as P
-from stages import dynamics as stage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -153,24 +151,22 @@ def test_deterministic_given_the_seed(tmp_path):
     for name in ("metrics.json", "curves.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert not (tmp_path / "a" / D.PLOTS[0]).exists()
-    other = D.run_dynamics(dataclasses.replace(cfg, seed=4), *data, tmp_path / "c", plots=False)
+    other = D.run_dynamics(cfg.model_copy(update={"seed": 4}), *data, tmp_path / "c", plots=False)
     assert other["networks"]["relu"] != json.loads((tmp_path / "a" / "metrics.json").read_text())["networks"]["relu"]
 
 
-def test_stage_reads_and_validates_its_section():
-    data = {"datasets": {"synthetic": {}}}
-    dataset, cfg = stage.read_section({"data": data, "dynamics": {"dataset": "synthetic", "width": "64",
-                                                                   "lr": "1e-3", "train_size": None}})
-    assert dataset == "synthetic" and cfg.width == 64 and cfg.lr == 1e-3 and cfg.train_size is None
+def test_the_dynamics_section_is_validated_with_the_params():
+    base = {"data": {"datasets": {"synthetic": {}}}}
+    cfg = P.parse({**base, "dynamics": {"dataset": "synthetic", "width": "64", "lr": "1e-3",
+                                        "train_size": None}}).dynamics
+    assert cfg.dataset == "synthetic" and cfg.width == 64 and cfg.lr == 1e-3 and cfg.train_size is None
     assert cfg.depth == D.DynamicsConfig().depth
-    with pytest.raises(P.ParamsError, match=r"dynamics\.widht: unknown key"):
-        stage.read_section({"data": data, "dynamics": {"dataset": "synthetic", "widht": 3}})
-    with pytest.raises(P.ParamsError, match=r"dynamics\.depth: must be >= 2"):
-        stage.read_section({"data": data, "dynamics": {"dataset": "synthetic", "depth": 1}})
-    with pytest.raises(P.ParamsError, match="not listed under data.datasets"):
-        stage.read_section({"data": data, "dynamics": {"dataset": "mnist"}})
-    with pytest.raises(P.ParamsError, match=r"dynamics\.dataset: required"):
-        stage.read_section({"data": data, "dynamics": {}})
+    for section, message in [({"dataset": "synthetic", "widht": 3}, r"dynamics\.widht: unknown key"),
+                             ({"dataset": "synthetic", "depth": 1}, r"dynamics\.depth: .* greater than or equal to 2"),
+                             ({"dataset": "mnist"}, "not listed under data.datasets"),
+                             ({}, r"dynamics\.dataset: required")]:
+        with pytest.raises(P.ParamsError, match=message):
+            P.parse({**base, "dynamics": section})
 
 
 def test_spectra_summary_matches_numpy_on_a_tiny_network():

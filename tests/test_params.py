@@ -48,10 +48,13 @@ def test_dvc_written_strings_are_coerced(tiny_params):
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("lr", "abc", "experiments.tiny_fc2.pretrain.lr: expected a float, got 'abc'"),
-    ("epochs", 2.5, "experiments.tiny_fc2.pretrain.epochs: expected an integer, got 2.5"),
-    ("epochs", True, "experiments.tiny_fc2.pretrain.epochs: expected an integer"),
-    ("lr", -1, "experiments.tiny_fc2.pretrain.lr: must be > 0.0"),
+    ("lr", "abc", "experiments.tiny_fc2.pretrain.lr: input should be a valid number"),
+    ("epochs", 2.5, "experiments.tiny_fc2.pretrain.epochs: input should be a valid integer, got a number with a "
+                    "fractional part, got 2.5"),
+    ("epochs", True, "experiments.tiny_fc2.pretrain.epochs: expected a number, not a boolean"),
+    ("lr", -1, "experiments.tiny_fc2.pretrain.lr: input should be greater than 0, got -1"),
+    ("lr", float("nan"), "experiments.tiny_fc2.pretrain.lr: input should be a finite number, got nan"),
+    ("lr_decay", "inf", "experiments.tiny_fc2.pretrain.lr_decay: input should be a finite number"),
     ("optimizer", "rmsprop", "experiments.tiny_fc2.pretrain.optimizer: expected one of adam, sgd"),
     ("lrr", 1e-3, "experiments.tiny_fc2.pretrain.lrr: unknown key; allowed keys: epochs, batch_size"),
 ])
@@ -75,7 +78,7 @@ def test_model_keywords_follow_the_zoo_signature(tiny_params):
     assert "experiments.tiny_fc2.model.depth: unknown key for model 'fc2'" in _error(tiny_params)
     model.pop("depth")
     model["width"] = "wide"
-    assert "experiments.tiny_fc2.model.width: expected an integer, got 'wide'" in _error(tiny_params)
+    assert "experiments.tiny_fc2.model.width: input should be a valid integer" in _error(tiny_params)
     model["name"] = "resnet"
     assert "experiments.tiny_fc2.model.name: unknown model 'resnet'" in _error(tiny_params)
 
@@ -94,10 +97,10 @@ def test_structure_errors(tiny_params):
     assert "experiments.tiny_fc2.device: expected auto, cpu, cuda or cuda:N" in _error(tiny_params)
     exp["device"] = "cpu"
     tiny_params["data"]["datasets"]["imagenet"] = {}
-    assert "data.datasets.imagenet: unknown dataset" in _error(tiny_params)
+    assert "data.datasets.imagenet: unknown key; allowed keys: mnist" in _error(tiny_params)
     del tiny_params["data"]["datasets"]["imagenet"]
     tiny_params["data"]["datasets"]["synthetic"]["shape"] = "28x28"
-    assert "data.datasets.synthetic.shape: expected a list" in _error(tiny_params)
+    assert "data.datasets.synthetic.shape: input should be a valid tuple" in _error(tiny_params)
 
 
 def test_device_resolution():
@@ -122,4 +125,41 @@ def test_stage_exits_with_status_2_and_the_key(tiny_params, tmp_path, capsys):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(tiny_params))
     assert pretrain.main(["tiny_fc2", "--params", str(path)]) == 2
-    assert "invalid params: experiments.tiny_fc2.pretrain.lr: expected a float, got 'abc'" in capsys.readouterr().err
+    assert "invalid params: experiments.tiny_fc2.pretrain.lr: input should be a valid number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("section", "key", "message"), [
+    ("tune", "n_trails", "tune.tiny_fc2.n_trails: unknown key; allowed keys: n_trials"),
+    ("dynamics", "widht", "dynamics.widht: unknown key; allowed keys: depth"),
+])
+def test_typos_in_study_sections_are_rejected_before_any_stage_runs(tiny_params, tmp_path, capsys, section, key,
+                                                                      message):
+    """The first stage of the DAG (prepare) already refuses a typo in the tune or dynamics section."""
+    from stages import prepare
+
+    tiny_params["tune"] = {"tiny_fc2": {"n_trials": 2}}
+    tiny_params["dynamics"] = {"dataset": "synthetic"}
+    (tiny_params["tune"]["tiny_fc2"] if section == "tune" else tiny_params["dynamics"])[key] = 3
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params))
+    assert prepare.main(["synthetic", "--params", str(path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_nan_and_infinity_are_refused_everywhere(tiny_params, value):
+    for section, key in [("data", "noise"), ("convert", "zeta"), ("pretrain", "weight_decay")]:
+        raw = yaml.safe_load(yaml.safe_dump(tiny_params))
+        target = raw["data"]["datasets"]["synthetic"] if section == "data" else raw["experiments"]["tiny_fc2"][section]
+        target[key] = yaml.safe_load(value)
+        assert "input should be a finite number" in _error(raw)
+
+
+def test_experiment_names_are_identifiers(tiny_params):
+    tiny_params["experiments"][".."] = tiny_params["experiments"]["tiny_fc2"]
+    assert "experiments: '..' is not a valid experiment name" in _error(tiny_params)
+
+
+def test_committed_schema_is_current():
+    assert P.SCHEMA_FILE.read_text() == P.json_schema(), "run: python -m pipeline.params --schema"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 
 import pytest
@@ -16,7 +15,7 @@ from pipeline import params as P
 from pipeline import sweeps
 from pipeline.artifacts import Paths
 from pipeline.data import synthetic
-from pipeline.sweeps import KINDS, PLOT_NAME, X_COLUMN, SweepData, parse_sweep, run_sweep, setting_key
+from pipeline.sweeps import KINDS, PLOT_NAME, X_COLUMN, SweepData, run_sweep, setting_key
 from ttfs.train import TensorBatches, train_epoch
 
 GRID = {"jitter": [0, 0.2], "jitter_seeds": 3, "time_steps": [2, 16], "weight_bits": [2, 8],
@@ -150,19 +149,29 @@ def test_interrupted_sweep_resumes_without_redoing_finished_settings(toy, swept,
 # -- params ------------------------------------------------------------------------------------------
 
 
+def parse_sweep(section, _path=None):
+    """A sweep section validated the one way params are: inside a whole params file."""
+    from tests.conftest import TINY_PARAMS
+
+    raw = {**TINY_PARAMS, "experiments": {"toy": {**TINY_PARAMS["experiments"]["tiny_fc2"], "sweep": section}}}
+    return P.parse(raw).experiment("toy").sweep
+
+
 @pytest.mark.parametrize(
     "section,message",
     [
-        ({"jitter": [0, -0.1]}, r"experiments\.toy\.sweep\.jitter\[1\]: spike-time jitter sigma .* >= 0, got -0\.1"),
-        ({"time_steps": [16, 1]}, r"experiments\.toy\.sweep\.time_steps\[1\]: time steps per window .* >= 2, got 1"),
-        ({"weight_bits": [4, 1]}, r"experiments\.toy\.sweep\.weight_bits\[1\]: weight bit-width .* >= 2, got 1"),
-        ({"latency_factor": [0.5]}, r"sweep\.latency_factor\[0\]: latency reduction .* >= 1, got 0\.5"),
-        ({"time_steps": [8.5]}, r"time_steps\[0\]: expected an integer, got 8\.5"),
-        ({"jitter": ["abc"]}, r"jitter\[0\]: expected a float, got 'abc'"),
+        ({"jitter": [0, -0.1]}, r"experiments\.toy\.sweep\.jitter\[1\]: input should be greater than or equal to 0, "
+                                r"got -0\.1"),
+        ({"time_steps": [16, 1]}, r"experiments\.toy\.sweep\.time_steps\[1\]: .* greater than or equal to 2, got 1"),
+        ({"weight_bits": [4, 1]}, r"experiments\.toy\.sweep\.weight_bits\[1\]: .* greater than or equal to 2"),
+        ({"weight_bits": [40]}, r"experiments\.toy\.sweep\.weight_bits\[0\]: .* less than or equal to 32"),
+        ({"latency_factor": [0.5]}, r"sweep\.latency_factor\[0\]: .* greater than or equal to 1, got 0\.5"),
+        ({"time_steps": [8.5]}, r"time_steps\[0\]: input should be a valid integer, .* got 8\.5"),
+        ({"jitter": ["abc"]}, r"jitter\[0\]: input should be a valid number, .* got 'abc'"),
         ({"jitter": ["nan"]}, r"jitter\[0\]: .* finite"),
-        ({"weight_bits": [4, 4]}, r"weight_bits\[1\]: duplicate weight bit-width 4"),
-        ({"jitter_seeds": 0}, r"experiments\.toy\.sweep\.jitter_seeds: must be >= 1, got 0"),
-        ({"window_quantile": 1.5}, r"window_quantile: must be <= 1"),
+        ({"weight_bits": [4, 4]}, r"weight_bits\[1\]: duplicate grid value 4"),
+        ({"jitter_seeds": 0}, r"experiments\.toy\.sweep\.jitter_seeds: .* greater than or equal to 1, got 0"),
+        ({"window_quantile": 1.5}, r"window_quantile: input should be less than or equal to 1"),
         ({"latency_base": "loose"}, r"latency_base: expected one of tight, model"),
         ({"bits": [4]}, r"experiments\.toy\.sweep\.bits: unknown key; allowed keys: jitter"),
     ],
@@ -177,7 +186,7 @@ def test_grid_values_are_coerced_like_dvc_exp_run_writes_them():
                       "train_metrics": "true"}, "s")
     assert sp.jitter == (0.01, 0.0) and sp.time_steps == (16,) and sp.latency_factor == (4.0,)
     assert sp.finetune_lr == 1e-5 and sp.train_metrics is True
-    assert parse_sweep({}, "s") == parse_sweep(None, "s") == sweeps.SweepParams()
+    assert parse_sweep({}, "s") == parse_sweep(None, "s") == P.SweepParams()
     assert parse_sweep({"weight_bits": []}, "s").weight_bits == ()
 
 
@@ -199,9 +208,6 @@ def test_stage_writes_outputs_and_nested_mlflow_runs_linked_to_the_reference(tin
     raw = tiny_params  # conftest: synthetic data, experiment tiny_fc2
     raw["experiments"]["toy"] = raw["experiments"].pop("tiny_fc2")
     upstream = "params.yaml"
-    if "sweep" not in {f.name for f in dataclasses.fields(P.ExperimentParams)}:  # before params.py knows it
-        (tmp_path / "upstream.yaml").write_text(yaml.safe_dump(raw))
-        upstream = "upstream.yaml"
     raw["experiments"]["toy"]["sweep"] = grid
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     assert prepare.main(["synthetic", "--params", upstream]) == 0
@@ -255,7 +261,7 @@ def test_stage_writes_outputs_and_nested_mlflow_runs_linked_to_the_reference(tin
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     capsys.readouterr()
     assert sweep_stage.main(["toy"]) == 2
-    assert "experiments.toy.sweep.time_steps[1]: time steps per window must be a finite number >= 2, got 1" in \
+    assert "experiments.toy.sweep.time_steps[1]: input should be greater than or equal to 2, got 1" in \
         capsys.readouterr().err
 
 
