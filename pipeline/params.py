@@ -155,6 +155,12 @@ class TrainingParams(Section):
     augment: Literal["none", "crop_flip"] = "none"  # crop_flip: CIFAR's 4-pixel shifts and mirror images
     nonpositive_bias: bool = False  # hidden biases <= 0 after every step: no spontaneous spikes, fewer spikes
     eval_batch_size: PositiveInt = 1000
+    # a run that is not learning fails (outputs kept, MLflow run FAILED): an epoch's training loss above
+    # max_loss_factor x ln(classes) (a uniform guess), or training accuracy within chance_margin of chance
+    # after chance_epochs epochs (chance_margin null: never)
+    max_loss_factor: Annotated[Float, Field(gt=1)] = 10.0
+    chance_margin: NonNegativeFloat | None = 0.02
+    chance_epochs: PositiveInt = 1
 
 
 class PretrainParams(TrainingParams):
@@ -233,7 +239,7 @@ class SweepParams(Section):
         """The fine-tuning under a constraint: the finetune stage's loop with fixed windows."""
         return FinetuneParams(epochs=self.finetune_epochs, batch_size=self.batch_size, lr=self.finetune_lr,
                               adapt_windows=False, nonpositive_bias=self.nonpositive_bias,
-                              eval_batch_size=self.eval_batch_size)
+                              eval_batch_size=self.eval_batch_size, chance_margin=None)  # chance is a result here
 
 
 class ModelParams(Section):

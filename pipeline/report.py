@@ -321,7 +321,7 @@ def expected_hashes(params: Mapping) -> dict[tuple[str, str], str]:
     out: dict[tuple[str, str], str] = {}
     try:
         from . import params as P
-        from .stage import Experiment
+        from .runner import Experiment
     except Exception:  # noqa: BLE001 - a broken install must not break the report
         return out
     fields = set(P.ExperimentParams.model_fields)

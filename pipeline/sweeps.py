@@ -165,7 +165,7 @@ class NullRecorder:
 class MlflowRecorder:
     """One nested MLflow run per setting under the sweep's parent run, tagged with the reference ReLU run."""
 
-    def __init__(self, tracker, parent, reference: tuple[str, dict], stage: str, params: dict, tags: dict[str, str]):
+    def __init__(self, tracker, parent, reference, stage: str, params: dict, tags: dict[str, str]):
         self.tracker, self.parent, self.reference = tracker, parent, reference
         self.stage, self.params, self.tags = stage, params, tags
 
@@ -181,7 +181,7 @@ class MlflowRecorder:
         key = setting_key(kind, value)
         tags = self.tags | {
             "mlflow.parentRunId": self.parent.run_id, "mlflow.runName": key,
-            "mlflow.source.name": "stages/sweep.py", "reference_run_id": self.reference[0],
+            "mlflow.source.name": "stages/sweep.py", "reference_run_id": self.reference.run_id,
             "constraint": kind, "constraint_value": fmt(value),
             "params_hash": P.params_hash(self.params, kind, value),
         }
@@ -192,11 +192,8 @@ class MlflowRecorder:
         run.log_metrics(setting_metrics(result) | ({"seconds": seconds} if seconds is not None else {}),
                         step=result["finetune_epochs"])
         final = result["finetuned"] or result["before"]
-        run.set_tags({"reference_run_id": self.reference[0]})
-        ref = self.reference[1]
-        if "test_accuracy" in ref:  # against the ReLU reference, as the other stages log it
-            run.log_metrics({"delta.test_accuracy": final["accuracy"] - ref["test_accuracy"]},
-                            step=result["finetune_epochs"])
+        run.set_tags({"reference_run_id": self.reference.run_id})
+        run.log_metrics(self.reference.deltas({"test_accuracy": final["accuracy"]}), step=result["finetune_epochs"])
 
     def replay(self, kind: str, value: float, result: dict, run_id: str | None) -> None:
         """A setting finished before an interruption: its run exists if the parent was resumed, else re-log it."""

@@ -8,6 +8,7 @@ absolute, because ``dvc exp run --temp``/``--queue`` execute in a throwaway copy
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -78,7 +79,36 @@ class Tracker:
         return runs[0].info.run_id if runs else None
 
     def run(self, stage: str, params: dict, tags: dict[str, str], resume: str | None = None) -> StageRun:
+        self.close_orphans(stage)
         return StageRun(self, stage, params, tags, resume)
+
+    def close_orphans(self, stage: str) -> list[str]:
+        """Mark KILLED the RUNNING runs of ``stage`` whose process on this host is gone (kill -9, power loss).
+
+        Runs of other hosts are left alone: their process cannot be checked from here.
+        """
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.dvc_stage = '{stage}' and attributes.status = 'RUNNING'", max_results=100)
+        closed = []
+        for run in runs:
+            tags = run.data.tags
+            if tags.get("host") == socket.gethostname() and not _alive(int(tags.get("pid", "0") or 0)):
+                self.client.set_tag(run.info.run_id, "orphaned", "process gone; closed by the next run of the stage")
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                closed.append(run.info.run_id)
+        return closed
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class StageRun:
@@ -90,7 +120,9 @@ class StageRun:
         tags = {
             "git_commit": git_commit(root),
             "dvc_stage": stage,
-            "mlflow.runName": stage.split("@")[0],
+            "mlflow.runName": stage + (f" ({os.environ['DVC_EXP_NAME']})" if os.environ.get("DVC_EXP_NAME") else ""),
+            "host": socket.gethostname(),
+            "pid": str(os.getpid()),
             "mlflow.source.name": f"stages/{stage.split('@')[0]}.py",
             **({"dvc_exp_name": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {}),
             **tags,

@@ -6,6 +6,7 @@ last finished epoch, so it ends with exactly the metrics of an uninterrupted run
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from ttfs.train import TensorBatches, evaluate, exponential_decay, train_epoch
 
 from . import checkpoint
+from .errors import TrainingFailed
 from .params import FinetuneParams, PretrainParams
 from .tracking import StageRun
 
@@ -102,8 +104,9 @@ def fit(
         row = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
                "test_loss": test_stats["loss"], "test_accuracy": test_stats["accuracy"],
                "lr": opt.param_groups[0]["lr"]}
-        history.append(row)
         run.log_metrics(_metrics(row), step=epoch)
+        check_learning(row, p, int(train.labels.max()) + 1, desc)
+        history.append(row)
         print(f"{desc} epoch {epoch}/{p.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
               f" | test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}", file=sys.stderr, flush=True)
         checkpoint.save(ckpt_path, {
@@ -111,6 +114,23 @@ def fit(
             "rng": checkpoint.rng_state(generators), "history": history, "run_id": run.run_id,
         })
     return history
+
+
+def check_learning(row: dict, p: PretrainParams | FinetuneParams, classes: int, desc: str) -> None:
+    """Fail a run that is not learning, before its checkpoint replaces the last good one."""
+    limit = p.max_loss_factor * math.log(classes)
+    if row["train_loss"] > limit:
+        raise TrainingFailed(
+            f"{desc}: training loss {row['train_loss']:.4g} in epoch {row['epoch']} is above {limit:.4g} "
+            f"(max_loss_factor {p.max_loss_factor:g} x ln {classes} classes): the run diverged; lower the learning "
+            "rate (the previous outputs and checkpoint are kept)")
+    chance = 1 / classes
+    if p.chance_margin is not None and row["epoch"] >= p.chance_epochs and \
+            row["train_accuracy"] <= chance + p.chance_margin:
+        raise TrainingFailed(
+            f"{desc}: training accuracy {row['train_accuracy']:.4f} after epoch {row['epoch']} is at chance "
+            f"({chance:.4f} + chance_margin {p.chance_margin:g}): the run is not learning; check the learning rate "
+            "and the data (the previous outputs and checkpoint are kept)")
 
 
 def _metrics(row: dict) -> dict:

@@ -57,7 +57,7 @@ from . import params as P
 from .artifacts import _atomic_bytes, load_snn, write_csv, write_json
 from .data import sha256_file
 from .params import TuneParams
-from .stage import Experiment, log_deltas, reference_run
+from .runner import Experiment, Reference, link_reference
 from .tracking import StageRun, Tracker, project_root
 from .training import optimizer_for
 
@@ -524,7 +524,7 @@ class Context:
     study: optuna.Study
     tracker: Tracker
     parent_id: str
-    reference: tuple[str, dict] | None
+    reference: Reference | None
     runner: TrialRunner
     stage_params: dict
 
@@ -562,7 +562,7 @@ def run_trial(ctx: Context, trial: optuna.Trial) -> TrialState:
                 trial.set_user_attr(key, result[key])
             mlrun.log_metrics(result, step=ctx.tp.epochs)
             if ctx.reference is not None:
-                log_deltas(mlrun, ctx.reference, {"test_accuracy": result["test_accuracy"]})
+                link_reference(mlrun, ctx.reference, {"test_accuracy": result["test_accuracy"]})
             values = [result["val_accuracy"], result["val_spikes_per_neuron"]]
             mlrun.set_tags({"optuna_state": "COMPLETE"})
             state = TrialState.COMPLETE
@@ -809,7 +809,7 @@ def tune(name: str, params: P.Params, tunes: dict[str, TuneParams], *, storage: 
     if name not in tunes:
         raise P.ParamsError(f"tune.{name}: no tune section for experiment {name!r} "
                             f"(sections: {', '.join(tunes) or 'none'})")
-    exp = Experiment.from_params(name, params)
+    exp = Experiment(name, params.experiment(name))
     tp = tunes[name]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = resolve_storage(storage, name)
@@ -843,7 +843,7 @@ def tune(name: str, params: P.Params, tunes: dict[str, TuneParams], *, storage: 
         parent = parent_run(tracker, study, explicit_parent, stage_params, study_tags)
     try:
         _, lineage = load_snn(exp.paths.converted)
-        reference = reference_run(tracker, exp, lineage["pretrain_params_hash"])
+        reference = exp.reference(lineage["pretrain_params_hash"])
     except Exception as e:  # another machine without the pretrain outputs: trials run untagged
         print(f"warning: no reference run ({type(e).__name__}: {e}); trials are not tagged with one",
               file=sys.stderr)
@@ -862,7 +862,7 @@ def tune(name: str, params: P.Params, tunes: dict[str, TuneParams], *, storage: 
     with tracker.run(f"tune@{name}", stage_params, study_tags, resume=parent) as mlrun:
         mlrun.log_metrics(metrics)
         if reference is not None:
-            mlrun.set_tags({"reference_run_id": reference[0]})
+            mlrun.set_tags({"reference_run_id": reference.run_id})
         for f in ("pareto.json", "pareto.png", "pareto.html", "tune_trials.csv"):
             mlrun.log_artifact(paths.plot(f), "tune")
     t = metrics.get("val_target") or {}

@@ -12,16 +12,16 @@ import sys
 
 import torch
 
-from pipeline import params as P
 from pipeline.artifacts import load_relu, save_snn, write_json
-from pipeline.stage import ConversionError, Experiment, log_deltas, reference_run, run
-from pipeline.tracking import Tracker
+from pipeline.errors import ConversionError
+from pipeline.runner import Context, link_reference, stage
 from ttfs.metrics import compare_to_relu
 
 
-def convert_stage(name: str, params: P.Params) -> None:
+@stage("convert")
+def main(ctx: Context) -> None:
     """Convert the pretrained ReLU network and fail unless the SNN is exactly equivalent."""
-    exp = Experiment.from_params(name, params)
+    exp, name = ctx.experiment, ctx.name
     p = exp.params.convert
     paths = exp.paths
     relu, lineage = load_relu(paths.relu)
@@ -46,13 +46,10 @@ def convert_stage(name: str, params: P.Params) -> None:
                                                    "snn_accuracy")},
     }
     write_json(paths.metrics("convert"), metrics)
-    stage_params = exp.stage_params("convert")
-    tracker = Tracker(name)
-    tags = exp.tags("snn") | {"params_hash": P.params_hash(stage_params)}
-    with tracker.run(f"convert@{name}", stage_params, tags) as mlrun:
-        reference = reference_run(tracker, exp, lineage["pretrain_params_hash"])
+    with exp.track("convert", "snn") as mlrun:
+        reference = exp.reference(lineage["pretrain_params_hash"])
         mlrun.log_metrics(metrics)
-        log_deltas(mlrun, reference, {"test_accuracy": exact["snn_accuracy"]})
+        link_reference(mlrun, reference, {"test_accuracy": exact["snn_accuracy"]})
         rel = exact["max_rel_logit_diff"]
         if exact["agreement"] < 1.0 or rel is None or rel > p.rel_tolerance:
             raise ConversionError(
@@ -67,10 +64,6 @@ def convert_stage(name: str, params: P.Params) -> None:
         mlrun.log_artifact(paths.converted, "model")
     print(f"convert {name}: agreement {exact['agreement']:.4f}, max |dlogit| {exact['max_abs_logit_diff']:.3g}, "
           f"spikes/neuron {exact['spikes_per_neuron']:.3f}", file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run("convert", convert_stage, argv)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,16 @@ every record of the training curves as metrics with their step, the final metric
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 from pipeline import params as P
 from pipeline.artifacts import prepared_dir
-from pipeline.data import ChecksumError, DataNotFoundError, load_prepared
+from pipeline.data import load_prepared
 from pipeline.dynamics import PLOTS, run_dynamics
+from pipeline.errors import ParamsError
+from pipeline.runner import Context, stage
 from pipeline.tracking import Tracker
 
 SECTION = "dynamics"
@@ -25,11 +26,12 @@ METRICS = Path("metrics") / "dynamics.json"
 PLOT_DIR = Path("plots") / "dynamics"
 
 
-def dynamics(params_file: str | Path) -> dict:
+@stage("dynamics", target=None)
+def main(ctx: Context) -> dict:
     """Train ReLU, B1, alpha1-smart and alpha1-standard in lockstep and record the learning dynamics."""
-    section = P.load(params_file).dynamics
+    section = ctx.params.dynamics
     if section is None:
-        raise P.ParamsError("dynamics: section missing (needs at least 'dataset')")
+        raise ParamsError("dynamics: section missing (needs at least 'dataset')")
     dataset, config = section.dataset, section.config()
     data = load_prepared(prepared_dir(dataset))
     stage_params = {SECTION: P.as_dict(section)}
@@ -54,24 +56,6 @@ def dynamics(params_file: str | Path) -> dict:
         f"{k} {nets[k]['cosine']:.6f}" for k in ("b1", "alpha1_smart", "alpha1_standard")
         if nets[k]["cosine"] is not None), file=sys.stderr)
     return metrics
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.dynamics", description=dynamics.__doc__)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    args = parser.parse_args(argv)
-    try:
-        dynamics(args.params)
-    except P.ParamsError as e:
-        print(f"invalid params: {e}", file=sys.stderr)
-        return 2
-    except (DataNotFoundError, ChecksumError) as e:
-        print(f"dynamics failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("dynamics interrupted", file=sys.stderr)
-        return 130
-    return 0
 
 
 if __name__ == "__main__":

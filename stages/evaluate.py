@@ -7,11 +7,9 @@ import sys
 
 import torch
 
-from pipeline import params as P
 from pipeline import plots
 from pipeline.artifacts import load_relu, load_snn, write_csv, write_json
-from pipeline.stage import Experiment, log_deltas, reference_run, run
-from pipeline.tracking import Tracker
+from pipeline.runner import Context, link_reference, stage
 from ttfs import SNN, to_relu
 from ttfs.metrics import compare_to_relu, energy_estimate, macs, spike_statistics
 
@@ -50,9 +48,10 @@ def spike_time_distribution(snn: SNN, batches, bins: int, raster_samples: int):
     return edges, [c.tolist() for c in counts or []], raster, boundaries
 
 
-def evaluate_stage(name: str, params: P.Params) -> None:
+@stage("evaluate")
+def main(ctx: Context) -> None:
     """Measure the fine-tuned SNN against the ReLU reference and its own equivalent ReLU network."""
-    exp = Experiment.from_params(name, params)
+    exp, name = ctx.experiment, ctx.name
     p = exp.params.evaluate
     paths = exp.paths
     relu, lineage = load_relu(paths.relu)
@@ -99,22 +98,15 @@ def evaluate_stage(name: str, params: P.Params) -> None:
                            f"{name}: spikes per neuron (test)")
     plots.spike_time_histogram(paths.plot("spike_times.png"), edges, counts, f"{name}: spike times (test)")
     plots.raster(paths.plot("raster.png"), raster, boundaries, f"{name}: spike raster, first test sample(s)")
-    stage_params = exp.stage_params("evaluate")
-    tracker = Tracker(name)
-    tags = exp.tags("snn") | {"params_hash": P.params_hash(stage_params)}
-    with tracker.run(f"evaluate@{name}", stage_params, tags) as mlrun:
-        reference = reference_run(tracker, exp, lineage["pretrain_params_hash"])
+    with exp.track("evaluate", "snn") as mlrun:
+        reference = exp.reference(lineage["pretrain_params_hash"])
         mlrun.log_metrics(metrics)
-        log_deltas(mlrun, reference, {"test_accuracy": metrics["snn_accuracy"]})
+        link_reference(mlrun, reference, {"test_accuracy": metrics["snn_accuracy"]})
         for png in ("spikes_per_layer.png", "spike_times.png", "raster.png"):
             mlrun.log_artifact(paths.plot(png), "plots")
     print(f"evaluate {name}: ReLU {metrics['relu_accuracy']:.4f} | SNN {metrics['snn_accuracy']:.4f} | "
           f"agreement {metrics['agreement_with_reference']:.4f} | spikes/neuron {metrics['spikes_per_neuron']:.3f}",
           file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run("evaluate", evaluate_stage, argv)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,18 @@ from pipeline import checkpoint, plots
 from pipeline import params as P
 from pipeline.artifacts import load_snn, save_snn, write_csv, write_json
 from pipeline.data import sha256_file
-from pipeline.stage import Experiment, log_deltas, reference_run, run
-from pipeline.tracking import Tracker, project_root
+from pipeline.runner import Context, link_reference, stage
+from pipeline.tracking import project_root
 from pipeline.training import CURVE_COLUMNS, fit
 from ttfs import to_relu
 from ttfs.metrics import compare_to_relu
 from ttfs.train import evaluate
 
 
-def finetune(name: str, params: P.Params) -> None:
+@stage("finetune")
+def main(ctx: Context) -> None:
     """Train the SNN with exact spike-time gradients, adaptive windows and optional L1."""
-    exp = Experiment.from_params(name, params)
+    exp, name = ctx.experiment, ctx.name
     p = exp.params.finetune
     paths = exp.paths
     converted, lineage = load_snn(paths.converted)
@@ -33,15 +34,13 @@ def finetune(name: str, params: P.Params) -> None:
         snn = exp.calibrated_snn(exp.fresh_model(), p.calibration_samples, p.zeta, p.eval_batch_size)
         start = "scratch"
     snn = snn.to(exp.device, exp.dtype)
-    stage_params = exp.stage_params("finetune")
-    ckpt = checkpoint.path_for(project_root(), name, "finetune", P.params_hash(stage_params, lineage, start))
+    ckpt = checkpoint.path_for(project_root(), name, "finetune",
+                               P.params_hash(exp.stage_params("finetune"), lineage, start))
     state = checkpoint.load(ckpt)
     train = exp.batches("train", p.batch_size, shuffle=True)
     test = exp.batches("test", p.eval_batch_size, shuffle=False)
-    tracker = Tracker(name)
-    tags = exp.tags("snn") | {"params_hash": P.params_hash(stage_params), "finetune_mode": p.mode}
-    with tracker.run(f"finetune@{name}", stage_params, tags, resume=state and state["run_id"]) as mlrun:
-        reference = reference_run(tracker, exp, lineage["pretrain_params_hash"])
+    with exp.track("finetune", "snn", resume=state and state["run_id"], finetune_mode=p.mode) as mlrun:
+        reference = exp.reference(lineage["pretrain_params_hash"])
         history = fit(snn, train, test, p, ckpt, state, mlrun, f"finetune {name}", exp.params.seed)
         final = evaluate(snn, test)
         exactness = compare_to_relu(to_relu(snn), snn, test, split="test")
@@ -56,14 +55,10 @@ def finetune(name: str, params: P.Params) -> None:
         write_csv(paths.plot("finetune_curve.csv"), history, CURVE_COLUMNS)
         plots.training_curve(paths.plot("finetune_curve.png"), history, f"{name} SNN ({p.mode})")
         mlrun.log_metrics({f"final.{k}": v for k, v in metrics.items()}, step=len(history))
-        log_deltas(mlrun, reference, {"test_accuracy": final["accuracy"], "test_loss": final["loss"]})
+        link_reference(mlrun, reference, {"test_accuracy": final["accuracy"], "test_loss": final["loss"]})
         mlrun.log_artifact(paths.snn, "model")
         print(f"finetune {name}: test accuracy {final['accuracy']:.4f}", file=sys.stderr)
     checkpoint.remove(ckpt)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run("finetune", finetune, argv)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ import torch
 from pipeline import checkpoint, plots
 from pipeline import params as P
 from pipeline.artifacts import save_relu, write_csv, write_json
-from pipeline.data import ChecksumError, sha256_file
-from pipeline.stage import Experiment, run
-from pipeline.tracking import REFERENCE, Tracker, project_root
+from pipeline.data import sha256_file
+from pipeline.errors import ChecksumError, ParamsError
+from pipeline.runner import Context, stage
+from pipeline.tracking import REFERENCE, project_root
 from pipeline.training import CURVE_COLUMNS, fit
 from ttfs.train import evaluate
 
@@ -20,25 +21,25 @@ from ttfs.train import evaluate
 def load_given(model: torch.nn.Module, p: P.PretrainParams, name: str) -> None:
     path = Path(p.checkpoint)
     if not path.is_file():
-        raise P.ParamsError(f"experiments.{name}.pretrain.checkpoint: no file {path}")
+        raise ParamsError(f"experiments.{name}.pretrain.checkpoint: no file {path}")
     if p.checkpoint_sha256 and sha256_file(path) != p.checkpoint_sha256:
         raise ChecksumError(f"{path}: sha256 differs from experiments.{name}.pretrain.checkpoint_sha256")
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state.get("state_dict", state))
 
 
-def pretrain(name: str, params: P.Params) -> None:
+@stage("pretrain")
+def main(ctx: Context) -> None:
     """Train the ReLU network with optional L1 and batch norm; its MLflow run is the reference."""
-    exp = Experiment.from_params(name, params)
+    exp, name = ctx.experiment, ctx.name
     p = exp.params.pretrain
-    stage_params = exp.stage_params("pretrain")
-    params_hash = P.params_hash(stage_params)
+    params_hash = P.params_hash(exp.stage_params("pretrain"))
     model = exp.fresh_model().to(exp.device, exp.dtype)
     test = exp.batches("test", p.eval_batch_size, shuffle=False)
-    ckpt = checkpoint.path_for(project_root(), name, "pretrain", P.params_hash(stage_params, exp.lineage()))
+    ckpt = checkpoint.path_for(project_root(), name, "pretrain",
+                               P.params_hash(exp.stage_params("pretrain"), exp.lineage()))
     state = checkpoint.load(ckpt)
-    tags = exp.tags(REFERENCE) | {"params_hash": params_hash}
-    with Tracker(name).run(f"pretrain@{name}", stage_params, tags, resume=state and state["run_id"]) as mlrun:
+    with exp.track("pretrain", REFERENCE, resume=state and state["run_id"]) as mlrun:
         if p.checkpoint:
             load_given(model, p, name)
             history = []
@@ -59,10 +60,6 @@ def pretrain(name: str, params: P.Params) -> None:
         mlrun.log_artifact(paths.relu, "model")
         print(f"pretrain {name}: test accuracy {final['accuracy']:.4f}", file=sys.stderr)
     checkpoint.remove(ckpt)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run("pretrain", pretrain, argv)
 
 
 if __name__ == "__main__":

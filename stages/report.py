@@ -21,7 +21,7 @@ import yaml
 
 from pipeline.artifacts import _atomic_bytes
 from pipeline.report import DEFAULT_MAX_INLINE_BYTES, TITLE, build_blocks, link_prefix, to_html, to_markdown
-from pipeline.stage import EXIT_PARAMS
+from pipeline.runner import EXIT_PARAMS
 from pipeline.tracking import project_root, tracking_uri
 
 OUT = Path("reports")

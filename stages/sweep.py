@@ -14,38 +14,29 @@ from pipeline import checkpoint
 from pipeline import params as P
 from pipeline.artifacts import load_snn
 from pipeline.data import sha256_file
-from pipeline.stage import Experiment, reference_run, run
-from pipeline.sweeps import (
-    KINDS,
-    MlflowRecorder,
-    SweepData,
-    SweepParams,
-    code_version,
-    output_files,
-    run_sweep,
-    summary_metrics,
-    write_outputs,
-)
-from pipeline.tracking import Tracker, project_root
+from pipeline.runner import Context, stage
+from pipeline.sweeps import KINDS, MlflowRecorder, SweepData, output_files, run_sweep, summary_metrics, write_outputs
+from pipeline.tracking import project_root
 
 
-def sweep(name: str, params: P.Params, sp: SweepParams) -> dict:
-    """Sweep the fine-tuned SNN of experiment ``name`` over every constraint grid; returns sweep.json."""
-    exp = Experiment.from_params(name, params)
+@stage("sweep")
+def main(ctx: Context) -> dict:
+    """Sweep the fine-tuned SNN of an experiment over every constraint grid; returns sweep.json."""
+    exp, name = ctx.experiment, ctx.name
+    sp = exp.params.sweep
     paths = exp.paths
     snn, lineage = load_snn(paths.snn)
-    stage_params = P.as_dict({**exp.shared(), "sweep": sp})
-    key = P.params_hash(stage_params, lineage, exp.data.meta["sha256"], sha256_file(paths.snn), code_version())
+    stage_params = exp.stage_params("sweep")
+    key = P.params_hash(stage_params, lineage, exp.data.meta["sha256"], sha256_file(paths.snn))
     state_path = checkpoint.path_for(project_root(), name, "sweep", key)
     state = checkpoint.load(state_path)
     data = SweepData(exp.data.train_x, exp.data.train_y, exp.data.test_x, exp.data.test_y)
-    tracker = Tracker(name)
-    tags = exp.tags("sweep") | {"params_hash": P.params_hash(stage_params)}
-    with tracker.run(f"sweep@{name}", stage_params, tags, resume=state and state.get("run_id")) as parent:
-        reference = reference_run(tracker, exp, lineage["pretrain_params_hash"])
-        parent.set_tags({"reference_run_id": reference[0]})
-        recorder = MlflowRecorder(tracker, parent, reference, f"sweep@{name}", stage_params,
-                                  exp.tags("sweep_setting"))
+    with exp.track("sweep", "sweep", resume=state and state.get("run_id")) as parent:
+        reference = exp.reference(lineage["pretrain_params_hash"])
+        parent.set_tags({"reference_run_id": reference.run_id})
+        child_tags = {"role": "sweep_setting", "dataset": exp.params.dataset, "model": exp.params.model.name,
+                      "device": str(exp.device)}
+        recorder = MlflowRecorder(exp.tracker, parent, reference, f"sweep@{name}", stage_params, child_tags)
         result = run_sweep(snn, data, sp, seed=exp.params.seed, device=exp.device, dtype=exp.dtype,
                            state_path=state_path, state=state, recorder=recorder, desc=f"sweep {name}")
         write_outputs(paths, name, result)
@@ -57,10 +48,6 @@ def sweep(name: str, params: P.Params, sp: SweepParams) -> dict:
     print(f"sweep {name}: exact SNN {ref['accuracy']:.4f}; within {sp.tolerance:g} after fine-tuning: "
           + ", ".join(f"{k} {best[k] if best[k] is not None else '-'}" for k in KINDS), file=sys.stderr)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run("sweep", lambda name, params: sweep(name, params, params.experiment(name).sweep), argv)
 
 
 if __name__ == "__main__":

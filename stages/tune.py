@@ -18,7 +18,7 @@ import sys
 from pipeline import params as P
 from pipeline import tuning
 from pipeline.data import ChecksumError, DataNotFoundError
-from pipeline.stage import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARAMS
+from pipeline.runner import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARAMS
 from ttfs.train import DivergenceError
 
 

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline import artifacts, checkpoint, tracking
+from pipeline.errors import TrainingFailed
 from pipeline.params import FinetuneParams, PretrainParams
-from pipeline.training import crop_flip, fit
+from pipeline.training import check_learning, crop_flip, fit
 from ttfs import convert
 from ttfs.train import DivergenceError, TensorBatches
 from ttfs.zoo import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Run:
@@ -38,7 +46,7 @@ def _setup(epochs: int, seed: int = 0):
     x, y = _data()
     torch.manual_seed(seed)
     model = create_model("fc2", in_shape=(1, 12, 12), num_classes=3, width=16, dropout=0.2)
-    p = PretrainParams(epochs=epochs, batch_size=8, lr=1e-2, decay_steps=7, augment="crop_flip")
+    p = PretrainParams(epochs=epochs, batch_size=8, lr=1e-2, decay_steps=7, augment="crop_flip", chance_margin=None)
     return model, TensorBatches(x, y, 8, seed=seed), TensorBatches(x, y, 32, shuffle=False), p
 
 
@@ -58,7 +66,7 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
 def test_snn_resume_restores_adapted_windows(tmp_path):
     x, y = _data()
     relu = create_model("fc2", in_shape=(1, 12, 12), num_classes=3, width=16)
-    p = FinetuneParams(epochs=2, batch_size=8, lr=1e-2)
+    p = FinetuneParams(epochs=2, batch_size=8, lr=1e-2, chance_margin=None)
     snn = convert(relu, x)
     history = fit(snn, TensorBatches(x, y, 8), TensorBatches(x, y, 32, shuffle=False), p, tmp_path / "c.pt", None,
                   _Run(), "snn")
@@ -142,3 +150,67 @@ def test_tracking_paths_are_absolute_and_survive_dvc_temp_copies(tmp_path, monke
     location = tracking.artifact_location(f"sqlite:///{tmp_path}/db/mlflow.db", "fmnist_fc2")
     assert location == (tmp_path / "db" / "mlartifacts" / "fmnist_fc2").as_uri()
     assert os.path.isabs(location.removeprefix("file://"))
+
+
+def test_a_run_that_is_not_learning_fails_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """lr 1e10 keeps the loss finite (no NaN) but is hopeless: it must fail, not end as a success."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model, train, test, _ = _setup(epochs=2)
+    p = PretrainParams(epochs=2, batch_size=8, lr=1e10, decay_steps=7)
+    tracker = tracking.Tracker("hopeless")
+    with pytest.raises(TrainingFailed, match="not learning|diverged"), \
+            tracker.run("pretrain@hopeless", {}, {"role": "reference"}) as run:
+        fit(model, train, test, p, tmp_path / "ckpt.pt", None, run, "hopeless")
+    assert not (tmp_path / "ckpt.pt").exists()  # the failed epoch wrote no checkpoint
+    assert tracker.client.get_run(run.run_id).info.status == "FAILED"
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"epoch": 1, "train_loss": 100.0, "train_accuracy": 0.9}, "diverged"),
+    ({"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.26}, "not learning"),
+])
+def test_learning_check_thresholds_are_params(row, message):
+    with pytest.raises(TrainingFailed, match=message):
+        check_learning(row, PretrainParams(), 4, "x")
+    check_learning(row, PretrainParams(max_loss_factor=1000, chance_margin=None), 4, "x")
+
+
+def test_runs_orphaned_by_kill_9_are_closed_by_the_next_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    script = ("import os, signal; from pipeline import tracking; "
+              "run = tracking.Tracker('orphans').run('pretrain@orphans', {}, {'role': 'reference'}); "
+              "print(run.run_id, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    orphan = out.stdout.split()[0]
+    tracker = tracking.Tracker("orphans")
+    assert tracker.client.get_run(orphan).info.status == "RUNNING"
+    with tracker.run("pretrain@orphans", {}, {"role": "reference"}) as run:
+        assert tracker.client.get_run(run.run_id).info.status == "RUNNING"  # our own live run is not touched
+    assert tracker.client.get_run(orphan).info.status == "KILLED"
+    assert "process gone" in tracker.client.get_run(orphan).data.tags["orphaned"]
+
+
+def test_sigterm_ends_the_stage_with_its_run_killed_and_the_checkpoint_kept(tmp_path, tiny_params):
+    """A real stage process gets SIGTERM mid-training: message, exit 130, MLflow run KILLED, checkpoint kept."""
+    import yaml
+
+    tiny_params["experiments"]["tiny_fc2"]["pretrain"].update(epochs=200, chance_margin=None)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "stages.prepare", "synthetic"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True)
+    proc = subprocess.Popen([sys.executable, "-m", "stages.pretrain", "tiny_fc2"], cwd=tmp_path, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "checkpoints").glob("tiny_fc2/pretrain-*.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted (SIGTERM)" in err and "Traceback" not in err
+    assert list((tmp_path / "checkpoints").glob("tiny_fc2/pretrain-*.pt"))
+    client = tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny_fc2").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]

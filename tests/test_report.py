@@ -19,7 +19,7 @@ import yaml
 
 from pipeline import params as P
 from pipeline import report, sweeps, tuning
-from pipeline.stage import Experiment
+from pipeline.runner import Experiment
 
 # -- a fake results tree ------------------------------------------------------------------------------
 

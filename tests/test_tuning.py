@@ -69,14 +69,11 @@ def workspace(tmp_path_factory):
     os.chdir(root)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'setup.db'}"
     try:
-        from stages.convert import convert_stage
-        from stages.prepare import prepare_dataset
-        from stages.pretrain import pretrain
+        from stages import convert, prepare, pretrain
 
-        params, _ = tuning.load_params("params.yaml")
-        prepare_dataset("synthetic", params)
-        pretrain(EXP, params)
-        convert_stage(EXP, params)
+        assert prepare.main(["synthetic"]) == 0
+        assert pretrain.main([EXP]) == 0
+        assert convert.main([EXP]) == 0
     finally:
         os.chdir(old_cwd)
         if old_uri is None:
@@ -337,7 +334,7 @@ def test_summary_front_and_target():
 
 def test_interrupted_trial_is_given_back(session, workspace, tmp_path):
     """Ctrl-C (or SIGTERM) during a trial: FAIL, excluded from the budget, params enqueued again, run KILLED."""
-    from pipeline.stage import Experiment
+    from pipeline.runner import Experiment
 
     class Interrupted:
         def sizes(self):
@@ -354,7 +351,7 @@ def test_interrupted_trial_is_given_back(session, workspace, tmp_path):
     tags = {"role": tuning.ROLE_STUDY, "optuna_study": "s", "optuna_storage": spec.display()}
     parent = tuning.parent_run(tracker, study, None, {}, tags)
     assert tuning.parent_run(tracker, study, None, {}, tags) == parent  # found again by tag
-    ctx = tuning.Context(Experiment.from_params(EXP, params), tp, spec, study, tracker, parent, None,
+    ctx = tuning.Context(Experiment(EXP, params.experiment(EXP)), tp, spec, study, tracker, parent, None,
                          Interrupted(), {})
     trial = tuning.next_trial(study, spec, tp.n_trials, tp.stale_after)
     with pytest.raises(KeyboardInterrupt):

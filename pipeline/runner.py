@@ -1,0 +1,216 @@
+"""The one stage runner: arguments, params, signals, error reporting and exit codes, device, tracking.
+
+A stage is a plain function decorated with :func:`stage`; the decorator turns it into ``main(argv) ->
+exit status``. Expected failures (:class:`pipeline.errors.PipelineError`, a diverged training) end
+with a one-paragraph message and a non-zero status; SIGTERM and SIGINT end the MLflow run as KILLED
+and keep every checkpoint; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from ttfs import SNN, convert, zoo
+from ttfs.train import DivergenceError, TensorBatches
+
+from . import params as P
+from .artifacts import Paths, prepared_dir, read_json
+from .data import Prepared, load_prepared
+from .errors import ParamsError, PipelineError
+from .tracking import REFERENCE, StageRun, Tracker
+
+EXIT_FAILED, EXIT_PARAMS, EXIT_INTERRUPTED = 1, 2, 130
+
+
+@dataclass
+class Context:
+    """What a stage body receives: its target's name, the validated params and its extra arguments."""
+
+    stage: str
+    name: str | None
+    params: P.Params
+    args: argparse.Namespace
+
+    @cached_property
+    def experiment(self) -> Experiment:
+        return Experiment(self.name, self.params.experiment(self.name))
+
+
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def stage(name: str, target: str | None = "experiment",
+          arguments: Callable[[argparse.ArgumentParser], None] | None = None):
+    """Decorate ``body(ctx: Context)`` into ``main(argv=None) -> int``, the stage's command line.
+
+    ``target`` names the positional argument (``experiment``, ``dataset`` or None for whole-project
+    stages); ``arguments`` adds stage-specific options to the parser.
+    """
+
+    def decorate(body: Callable[[Context], Any]) -> Callable[[list[str] | None], int]:
+        @functools.wraps(body)
+        def main(argv: list[str] | None = None) -> int:
+            parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=body.__doc__)
+            if target:
+                parser.add_argument("name", help=f"{target} as named in params.yaml")
+            parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+            if arguments:
+                arguments(parser)
+            args = parser.parse_args(argv)
+            label = f"{name} {args.name}" if target else name
+            previous = signal.signal(signal.SIGTERM, _interrupt)
+            try:
+                params = P.load(args.params)
+                if target == "dataset":
+                    params.dataset(args.name)
+                elif target == "experiment":
+                    params.experiment(args.name)
+                body(Context(name, getattr(args, "name", None), params, args))
+            except ParamsError as e:
+                print(f"invalid params: {e}", file=sys.stderr)
+                return EXIT_PARAMS
+            except (PipelineError, DivergenceError) as e:
+                print(f"{label} failed: {e}", file=sys.stderr)
+                return EXIT_FAILED
+            except KeyboardInterrupt as e:
+                print(f"{label} interrupted ({e or 'SIGINT'}); its MLflow run is marked KILLED and the next run "
+                      "resumes from the last checkpoint", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+            return 0
+
+        return main
+
+    return decorate
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+class _Calibration:
+    """Re-iterable float64 batches of inputs (convert() reads the first batch, then all of them)."""
+
+    def __init__(self, x: torch.Tensor, batch_size: int, device: torch.device):
+        self.x, self.batch_size, self.device = x, batch_size, device
+
+    def __iter__(self):
+        for chunk in self.x.split(self.batch_size):
+            yield chunk.to(self.device, torch.float64)
+
+
+@dataclass
+class Reference:
+    """The experiment's reference ReLU network: its numbers (pretrain.json) and its MLflow run."""
+
+    run_id: str
+    metrics: dict[str, float]
+
+    def deltas(self, values: dict[str, float]) -> dict[str, float]:
+        """value - reference for every metric both have."""
+        return {f"delta.{k}": v - self.metrics[k] for k, v in values.items() if k in self.metrics and v is not None}
+
+
+@dataclass
+class Experiment:
+    """One experiment's params, resolved device/dtype, output paths, prepared data and tracking."""
+
+    name: str
+    params: P.ExperimentParams
+
+    @cached_property
+    def tracker(self) -> Tracker:
+        return Tracker(self.name)
+
+    @cached_property
+    def device(self) -> torch.device:
+        return P.resolve_device(self.params.device, f"experiments.{self.name}.device")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self.params.dtype)
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(self.name)
+
+    @cached_property
+    def data(self) -> Prepared:
+        return load_prepared(prepared_dir(self.params.dataset))
+
+    def shared(self) -> dict:
+        """The experiment-level keys every stage depends on (besides its own section)."""
+        p = self.params
+        return {"dataset": p.dataset, "seed": p.seed, "device": p.device, "dtype": p.dtype, "model": p.model}
+
+    def stage_params(self, section: str) -> dict:
+        return P.as_dict({**self.shared(), section: getattr(self.params, section)})
+
+    def batches(self, split: str, batch_size: int, shuffle: bool, dtype: torch.dtype | None = None) -> TensorBatches:
+        x, y = (self.data.train_x, self.data.train_y) if split == "train" else (self.data.test_x, self.data.test_y)
+        dtype = dtype or self.dtype
+        return TensorBatches(x.to(self.device, dtype), y.to(self.device), batch_size, shuffle=shuffle,
+                             seed=self.params.seed, device=self.device, dtype=dtype)
+
+    def fresh_model(self) -> torch.nn.Module:
+        """The experiment's zoo model, freshly initialised from its seed (same seed, same weights)."""
+        torch.manual_seed(self.params.seed)
+        return zoo.create_model(self.params.model.name, in_shape=self.data.in_shape,
+                                num_classes=self.data.num_classes, **self.params.model.kwargs())
+
+    def calibrated_snn(self, relu: torch.nn.Module, samples: int | None, zeta: float, batch_size: int) -> SNN:
+        """B1 SNN of ``relu`` in float64, windows (1 + zeta) X_n from the first ``samples`` training inputs."""
+        x = self.data.train_x if samples is None else self.data.train_x[:samples]
+        relu64 = copy.deepcopy(relu).to(self.device, torch.float64)
+        return convert(relu64, _Calibration(x, batch_size, self.device), in_range=self.data.in_range, zeta=zeta,
+                       dtype=torch.float64)
+
+    def lineage(self) -> dict:
+        """Input identity recorded in model files (deterministic: checksums, never run ids)."""
+        return {"experiment": self.name, "dataset": self.params.dataset, "data_sha256": self.data.meta["sha256"]}
+
+    def track(self, stage: str, role: str, resume: str | None = None, **tags: str) -> StageRun:
+        """The MLflow run of ``stage`` on this experiment, tagged with its params hash."""
+        stage_params = self.stage_params(stage)
+        tags = {"role": role, "dataset": self.params.dataset, "model": self.params.model.name,
+                "device": str(self.device), "params_hash": P.params_hash(stage_params), **tags}
+        return self.tracker.run(f"{stage}@{self.name}", stage_params, tags, resume=resume)
+
+    def reference(self, pretrain_hash: str) -> Reference:
+        """The reference ReLU network of this experiment: numbers from pretrain.json, run id from MLflow.
+
+        A fresh or different tracking store (a new MLFLOW_TRACKING_URI, a deleted run) must not leave SNN
+        runs without a reference, so the pretrain outputs are logged again as a run tagged restored.
+        """
+        paths = self.paths
+        metrics = read_json(paths.metrics("pretrain"))
+        run_id = self.tracker.find_reference(pretrain_hash)
+        if run_id is None:
+            tags = {"role": REFERENCE, "dataset": self.params.dataset, "model": self.params.model.name,
+                    "params_hash": pretrain_hash, "restored_from": str(paths.metrics("pretrain"))}
+            with self.tracker.run(f"pretrain@{self.name}", self.stage_params("pretrain"), tags) as mlrun:
+                mlrun.log_metrics({f"final.{k}": v for k, v in metrics.items()})
+                mlrun.log_artifact(paths.relu, "model")
+            run_id = mlrun.run_id
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return Reference(run_id, numbers)
+
+
+def link_reference(mlrun: StageRun, reference: Reference, values: dict[str, float]) -> dict[str, float]:
+    """Tag the run with its reference ReLU run and log value - reference for every shared metric."""
+    deltas = reference.deltas(values)
+    mlrun.set_tags({"reference_run_id": reference.run_id})
+    mlrun.log_metrics(deltas)
+    return deltas
