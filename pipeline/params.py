@@ -160,7 +160,7 @@ class TrainingParams(Section):
     # after chance_epochs epochs (chance_margin null: never)
     max_loss_factor: Annotated[Float, Field(gt=1)] = 10.0
     chance_margin: NonNegativeFloat | None = 0.02
-    chance_epochs: PositiveInt = 1
+    chance_epochs: PositiveInt = 2
 
 
 class PretrainParams(TrainingParams):

@@ -181,11 +181,14 @@ class Experiment:
         """Input identity recorded in model files (deterministic: checksums, never run ids)."""
         return {"experiment": self.name, "dataset": self.params.dataset, "data_sha256": self.data.meta["sha256"]}
 
+    def tags(self, role: str) -> dict[str, str]:
+        return {"role": role, "dataset": self.params.dataset, "model": self.params.model.name,
+                "device": str(self.device)}
+
     def track(self, stage: str, role: str, resume: str | None = None, **tags: str) -> StageRun:
         """The MLflow run of ``stage`` on this experiment, tagged with its params hash."""
         stage_params = self.stage_params(stage)
-        tags = {"role": role, "dataset": self.params.dataset, "model": self.params.model.name,
-                "device": str(self.device), "params_hash": P.params_hash(stage_params), **tags}
+        tags = self.tags(role) | {"params_hash": P.params_hash(stage_params), **tags}
         return self.tracker.run(f"{stage}@{self.name}", stage_params, tags, resume=resume)
 
     def reference(self, pretrain_hash: str) -> Reference:
@@ -198,8 +201,8 @@ class Experiment:
         metrics = read_json(paths.metrics("pretrain"))
         run_id = self.tracker.find_reference(pretrain_hash)
         if run_id is None:
-            tags = {"role": REFERENCE, "dataset": self.params.dataset, "model": self.params.model.name,
-                    "params_hash": pretrain_hash, "restored_from": str(paths.metrics("pretrain"))}
+            tags = self.tags(REFERENCE) | {"params_hash": pretrain_hash,
+                                           "restored_from": str(paths.metrics("pretrain"))}
             with self.tracker.run(f"pretrain@{self.name}", self.stage_params("pretrain"), tags) as mlrun:
                 mlrun.log_metrics({f"final.{k}": v for k, v in metrics.items()})
                 mlrun.log_artifact(paths.relu, "model")

@@ -34,9 +34,8 @@ def main(ctx: Context) -> dict:
     with exp.track("sweep", "sweep", resume=state and state.get("run_id")) as parent:
         reference = exp.reference(lineage["pretrain_params_hash"])
         parent.set_tags({"reference_run_id": reference.run_id})
-        child_tags = {"role": "sweep_setting", "dataset": exp.params.dataset, "model": exp.params.model.name,
-                      "device": str(exp.device)}
-        recorder = MlflowRecorder(exp.tracker, parent, reference, f"sweep@{name}", stage_params, child_tags)
+        recorder = MlflowRecorder(exp.tracker, parent, reference, f"sweep@{name}", stage_params,
+                                  exp.tags("sweep_setting"))
         result = run_sweep(snn, data, sp, seed=exp.params.seed, device=exp.device, dtype=exp.dtype,
                            state_path=state_path, state=state, recorder=recorder, desc=f"sweep {name}")
         write_outputs(paths, name, result)

@@ -167,7 +167,7 @@ def test_a_run_that_is_not_learning_fails_and_keeps_the_previous_checkpoint(tmp_
 
 @pytest.mark.parametrize(("row", "message"), [
     ({"epoch": 1, "train_loss": 100.0, "train_accuracy": 0.9}, "diverged"),
-    ({"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.26}, "not learning"),
+    ({"epoch": 2, "train_loss": 1.0, "train_accuracy": 0.26}, "not learning"),
 ])
 def test_learning_check_thresholds_are_params(row, message):
     with pytest.raises(TrainingFailed, match=message):
