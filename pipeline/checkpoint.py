@@ -9,15 +9,33 @@ either the previous or the new checkpoint, never a torn one.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import deps
+
 
 def path_for(root: Path, experiment: str, stage: str, key: str) -> Path:
-    return root / "checkpoints" / experiment / f"{stage}-{key}.pt"
+    """checkpoints/<experiment>/<stage>-<key>-<code hash>.pt: the code hash (pipeline/deps.py) keeps a
+    run killed under other code from being resumed, which would mix two versions of the training code.
+    Checkpoints of the same key written by other code (and their sweep settings) are reported and
+    removed: the stage starts over."""
+    code = deps.code_hash(stage)[:12]
+    path = root / "checkpoints" / experiment / f"{stage}-{key}-{code}.pt"
+    pattern = rf"{re.escape(stage)}-{re.escape(key)}-([0-9a-f]{{12}})(-.+)?\.pt"
+    stale = [p for p in path.parent.glob(f"{stage}-{key}-*.pt")
+             if (m := re.fullmatch(pattern, p.name)) and m[1] != code]
+    if stale:
+        shown = min(stale, key=lambda p: len(p.name)).relative_to(root)
+        print(f"checkpoint {shown} was written by other code (a file in `python -m pipeline.deps {stage}` "
+              "changed); starting over", file=sys.stderr)
+        for p in stale:
+            p.unlink(missing_ok=True)
+    return path
 
 
 def save(path: Path, state: dict[str, Any]) -> None:

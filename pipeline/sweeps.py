@@ -32,7 +32,6 @@ hash of the params, the model file, the data and the source of the code that com
 from __future__ import annotations
 
 import copy
-import hashlib
 import statistics
 import sys
 import time
@@ -50,7 +49,7 @@ from ttfs.constraints import constrain_spike_times, quantise_weights, reduce_lat
 from ttfs.network import SNN
 from ttfs.train import TensorBatches
 
-from . import checkpoint
+from . import checkpoint, deps
 from . import params as P
 from .artifacts import Paths, write_csv, write_json
 from .params import SweepParams
@@ -219,18 +218,8 @@ def setting_metrics(result: dict) -> dict:
 
 
 def code_version() -> str:
-    """Hash of the source that computes sweep results: a code change never resumes stale results."""
-    import ttfs.constraints
-    import ttfs.layers
-    import ttfs.network
-    import ttfs.train
-
-    from . import training
-
-    h = hashlib.sha256()
-    for module in (ttfs.constraints, ttfs.layers, ttfs.network, ttfs.train, training, sys.modules[__name__]):
-        h.update(Path(module.__file__).read_bytes())
-    return h.hexdigest()[:16]
+    """The sweep stage's code hash (pipeline/deps.py): a code change never resumes stale results."""
+    return deps.code_hash("sweep")
 
 
 def _batches(x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int, device, dtype) -> TensorBatches:

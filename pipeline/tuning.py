@@ -53,6 +53,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ttfs.metrics import spike_statistics
 from ttfs.train import DivergenceError, TensorBatches, evaluate, train_epoch
 
+from . import deps
 from . import params as P
 from .artifacts import _atomic_bytes, load_snn, write_csv, write_json
 from .data import sha256_file
@@ -223,19 +224,10 @@ def open_storage(spec: StorageSpec) -> optuna.storages.BaseStorage:
 # -- the study ---------------------------------------------------------------------------------------
 
 
-#: The code a trial runs, relative to the repository root: the `tune` stage's code deps in dvc.yaml.
-CODE_FILES = ("ttfs/layers.py", "ttfs/network.py", "ttfs/train.py", "ttfs/metrics.py", "ttfs/export.py",
-              "pipeline/tuning.py", "pipeline/training.py", "pipeline/artifacts.py", "stages/tune.py")
-
-
 def code_hash() -> str:
-    """sha256 over CODE_FILES: part of the study identity, so that when DVC reruns the stage because
-    that code changed, a new study starts instead of re-exporting trials computed by the old code."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for name in CODE_FILES:
-        h.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
-    return h.hexdigest()
+    """The tune stage's code hash (pipeline/deps.py): part of the study identity, so that when DVC reruns
+    the stage because that code changed, a new study starts instead of re-exporting old trials."""
+    return deps.code_hash("tune")
 
 
 def study_name_for(exp: Experiment, tp: TuneParams, converted_sha256: str) -> str:
