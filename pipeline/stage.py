@@ -21,10 +21,9 @@ from ttfs.train import DivergenceError, TensorBatches
 
 from . import params as P
 from .artifacts import Paths, prepared_dir, read_json
-from .errors import ConversionError
-from .data import ChecksumError, DataNotFoundError, Prepared, load_prepared
+from .data import Prepared, load_prepared
+from .errors import ConversionError, PipelineError  # noqa: F401 (stages/convert.py imports ConversionError from here)
 from .tracking import REFERENCE, StageRun, Tracker
-
 
 EXIT_PARAMS, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -39,7 +38,7 @@ def run(stage: str, body: Callable[[str, P.Params], None], argv: list[str] | Non
     except P.ParamsError as e:
         print(f"invalid params: {e}", file=sys.stderr)
         return EXIT_PARAMS
-    except (DataNotFoundError, ChecksumError, DivergenceError, ConversionError, NotImplementedError) as e:
+    except (PipelineError, DivergenceError, NotImplementedError) as e:
         print(f"{stage} {args.name} failed: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pipeline import artifacts, checkpoint, tracking
+from pipeline.errors import ArtifactError
 from pipeline.params import FinetuneParams, PretrainParams
 from pipeline.training import crop_flip, fit
 from ttfs import convert
@@ -98,8 +99,9 @@ def test_checkpoint_writes_are_atomic(tmp_path):
     checkpoint.save(path, {"epoch": 2})
     assert checkpoint.load(path) == {"epoch": 2}
     assert [p.name for p in path.parent.iterdir()] == ["c.pt"]  # no temporary files left behind
-    path.write_bytes(path.read_bytes()[:5])  # damaged by something else: reported and ignored
-    assert checkpoint.load(path) is None
+    path.write_bytes(path.read_bytes()[:5])  # damaged by something else: the stage stops and says what to do
+    with pytest.raises(ArtifactError, match=f"{path} is truncated or damaged .*delete it"):
+        checkpoint.load(path)
 
 
 def test_crop_flip_shifts_and_mirrors_deterministically():
