@@ -6,6 +6,7 @@ ArtifactError whose message names the file and the fix; loading must never run c
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -16,7 +17,7 @@ from pipeline import artifacts, checkpoint
 from pipeline import data as D
 from pipeline import params as P
 from pipeline.errors import ArtifactError
-from pipeline.params import FinetuneParams, PretrainParams
+from pipeline.params import FinetuneParams, PretrainParams, SyntheticParams
 from pipeline.training import fit, optimizer_for
 from stages import convert as convert_stage
 from ttfs import convert, export
@@ -162,6 +163,76 @@ def test_round_trips_are_bit_exact(tmp_path, files):
     assert _same(checkpoint.load(tmp_path / "c.pt"), state)
     history = checkpoint.load(files["checkpoint"][0])["history"]  # what fit() writes: rows of plain numbers
     assert history and all(type(v) in (int, float) for row in history for v in row.values())
+
+
+# -- prepared data ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    directory = tmp_path / "synthetic"
+    D.prepare("synthetic", SyntheticParams(train_size=32, test_size=16, shape=(1, 8, 8), classes=3), directory,
+              tmp_path / "raw")
+    return directory
+
+
+def _edit_meta(directory, edit):
+    meta = json.loads((directory / "meta.json").read_text())
+    edit(meta)
+    (directory / "meta.json").write_text(json.dumps(meta))
+
+
+def _prepared_refused(directory, name) -> str:
+    with pytest.raises(ArtifactError) as info:
+        D.load_prepared(directory)
+    message = str(info.value)
+    assert str(directory / name) in message and "dvc repro prepare@synthetic" in message and "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.clear(),
+    lambda m: m.pop("in_shape"),
+    lambda m: m.update(in_shape="1x8x8"),
+    lambda m: m.update(num_classes=3.5),
+    lambda m: m["input_encoding"].update(mean="0"),
+    lambda m: m["input_encoding"].update(std=[1.0, 1.0]),
+    lambda m: m.update(sha256=["a", "b"]),
+    lambda m: m.update(p=None),
+    lambda m: m.update(train_size=31),
+    lambda m: m.update(in_shape=[1, 4, 16]),
+], ids=["empty", "missing", "shape_str", "float_classes", "mean_str", "std_len", "sha_list", "p_null",
+        "size", "shape"])
+def test_corrupt_meta_json_is_an_artifact_error(prepared, edit):
+    _edit_meta(prepared, edit)
+    _prepared_refused(prepared, "meta.json")
+
+
+def test_meta_json_that_is_not_json(prepared):
+    path = prepared / "meta.json"
+    path.write_text(path.read_text()[:40])
+    _prepared_refused(prepared, "meta.json")
+    path.write_bytes(b"\xff\xfe")
+    _prepared_refused(prepared, "meta.json")
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+def test_damaged_prepared_tensors(prepared, damage):
+    path = prepared / "train.pt"
+    if damage == "flipped":
+        _flip(path)
+    else:
+        path.write_bytes(path.read_bytes()[:100])
+    _prepared_refused(prepared, "train.pt")
+
+
+def test_planted_prepared_tensors_are_refused(prepared, tmp_path):
+    """Even with a matching checksum in meta.json the file is loaded with weights_only: no code runs."""
+    marker = tmp_path / "pwned"
+    torch.save({"pixels": _Planted(marker), "labels": torch.zeros(32, dtype=torch.int64)}, prepared / "train.pt")
+    _edit_meta(prepared, lambda m: m["sha256"].update({"train.pt": D.sha256_file(prepared / "train.pt")}))
+    _prepared_refused(prepared, "train.pt")
+    assert not marker.exists()
 
 
 # -- a stage on a damaged input --------------------------------------------------------------------
