@@ -2,15 +2,20 @@
 
 Everything written here is a DVC output, so it must be a pure function of the inputs: no timestamps,
 run ids or host names, and files are replaced atomically so a killed stage never leaves half a file.
+Model files (and checkpoints, pipeline/checkpoint.py) carry a digest of their content and are read back
+with ``weights_only=True`` only: a damaged, stale or planted file is an ArtifactError naming the file and
+the fix, never silently different weights, a traceback or code run by the unpickler.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,11 @@ import torch
 from torch import nn
 
 from ttfs import SNN, export, zoo
+
+from .errors import ArtifactError, ChecksumError
+
+DIGEST = "content_sha256"
+PRODUCERS = {"relu.pt": "pretrain", "snn_converted.pt": "convert", "snn.pt": "finetune"}
 
 
 @dataclass(frozen=True)
@@ -88,10 +98,83 @@ def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | list[str]
     _atomic_bytes(path, buf.getvalue().encode())
 
 
+def digest(value: Any) -> str:
+    """sha256 of a canonical encoding of what torch.load gives back (tensors by dtype, shape and bytes):
+    independent of pickle and zip layout, so it checks the content itself, wherever the damage is."""
+    h = hashlib.sha256()
+    _feed(h, value)
+    return h.hexdigest()
+
+
+def _feed(h, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to("cpu").contiguous()
+        h.update(f"T{t.dtype}{list(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)}:".encode())
+        for k, v in value.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{'L' if isinstance(value, list) else 'U'}{len(value)}:".encode())
+        for v in value:
+            _feed(h, v)
+    elif isinstance(value, str):
+        h.update(f"S{len(value.encode())}:".encode() + value.encode())
+    elif value is None or isinstance(value, (bool, int)):
+        h.update(f"{value!r};".encode())
+    elif isinstance(value, float):
+        h.update(f"F{value.hex()};".encode())
+    else:  # torch.load(weights_only=True) could not read it back either
+        raise TypeError(f"cannot store a {type(value).__name__} in a pipeline file")
+
+
+def sealed(payload: dict) -> dict:
+    """``payload`` with the digest of its content, for :func:`load_verified`."""
+    return {**payload, DIGEST: digest(payload)}
+
+
+def load_verified(path: Path, fix: str) -> dict:
+    """The payload of a file written as :func:`sealed`, after checking its digest.
+
+    ``weights_only=True`` refuses anything but tensors and plain data, so a planted pickle cannot run
+    code. Every failure is an ArtifactError naming ``path`` and ``fix`` (what to do about it).
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise ArtifactError(f"{path} is missing; {fix}") from e
+    except pickle.UnpicklingError as e:
+        raise ArtifactError(f"{path} is damaged or holds objects other than tensors and plain data (refused: "
+                            f"loading them could run code); {fix}") from e
+    except Exception as e:  # torn zip, bad record, I/O error: torch raises all kinds
+        raise ArtifactError(f"{path} is truncated or damaged ({type(e).__name__}); {fix}") from e
+    if not isinstance(payload, dict) or DIGEST not in payload:
+        raise ArtifactError(f"{path} has no content checksum (written by an older version of the pipeline, or "
+                            f"not by the pipeline); {fix}")
+    expected = payload.pop(DIGEST)
+    if digest(payload) != expected:
+        raise ChecksumError(f"{path}: content checksum mismatch (damaged or modified since it was written); {fix}")
+    return payload
+
+
 def _save(path: Path, payload: dict) -> None:
     buf = io.BytesIO()
-    torch.save(payload, buf)
+    torch.save(sealed(payload), buf)
     _atomic_bytes(path, buf.getvalue())
+
+
+def _load(path: Path, fmt: str) -> dict:
+    """A verified model file of format ``fmt``; the fix names the stage that writes it."""
+    path = Path(path)
+    stage = PRODUCERS.get(path.name)
+    rerun = f"`dvc repro -f {stage}@{path.parent.name}`" if stage else "the stage that wrote it"
+    fix = f"restore it with `dvc checkout {path}` or regenerate it with {rerun}"
+    payload = load_verified(path, fix)
+    if payload.get("format") != fmt:
+        raise ArtifactError(f"{path} is not a {fmt} file (format {payload.get('format')!r}); {fix}")
+    return payload
 
 
 def _cpu_state(model: nn.Module) -> dict:
@@ -106,7 +189,7 @@ def save_relu(path: Path, model: nn.Module, lineage: dict) -> None:
 
 def load_relu(path: Path) -> tuple[nn.Module, dict]:
     """(model in eval mode, lineage) from a file written by :func:`save_relu`."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = _load(path, "ttfs-relu")
     config = dict(payload["config"])
     model = zoo.create_model(config.pop("name"), **config)
     model.load_state_dict(payload["state_dict"])
@@ -121,6 +204,6 @@ def save_snn(path: Path, snn: SNN, lineage: dict) -> None:
 
 
 def load_snn(path: Path) -> tuple[SNN, dict]:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = _load(path, "ttfs-snn")
     arrays = {k: v.numpy() for k, v in payload["arrays"].items()}
     return export.from_dict(payload["meta"], arrays), payload["lineage"]

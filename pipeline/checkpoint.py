@@ -3,7 +3,8 @@
 They live in checkpoints/<experiment>/ (no DVC output, so ``dvc repro`` never deletes them) and are
 named by a key that hashes the stage's params and input checksums: a changed input never resumes a
 stale run. Writes go to a temporary file that replaces the old one atomically, so a kill -9 leaves
-either the previous or the new checkpoint, never a torn one.
+either the previous or the new checkpoint, never a torn one. Anything else in their place (damage, a
+file planted to run code when unpickled) is refused with an ArtifactError: see :func:`load`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from . import deps
+from .artifacts import load_verified, sealed
 
 
 def path_for(root: Path, experiment: str, stage: str, key: str) -> Path:
@@ -42,21 +44,21 @@ def save(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        torch.save(state, f)
+        torch.save(sealed(state), f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def load(path: Path) -> dict[str, Any] | None:
-    """The saved state, or None if there is none; an unreadable file is reported and ignored."""
+    """The saved state, or None if there is none.
+
+    A file that fails verification stops the stage instead of being skipped: it is not what we wrote
+    (writes are atomic), so someone should look at it; deleting it costs only the epochs it held.
+    """
     if not path.is_file():
         return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torn by something other than us (disk full, manual copy): start over
-        print(f"warning: ignoring unreadable checkpoint {path}: {e}", file=sys.stderr)
-        return None
+    return load_verified(path, f"delete it (the stage then starts over): rm {path}")
 
 
 def remove(path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -403,13 +404,72 @@ class Prepared:
         return float(self.meta["p"]), float(self.meta["q"])
 
 
+def _meta_problem(meta) -> str | None:
+    """What is wrong with a parsed meta.json, or None: every value that loading and the stages read."""
+    def count(v):
+        return type(v) is int and v > 0
+
+    def number(v):
+        return type(v) in (int, float) and math.isfinite(v)
+
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    shape = meta.get("in_shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(map(count, shape))):
+        return "in_shape must be a list of 3 positive integers"
+    for key in ("num_classes", "train_size", "test_size"):
+        if not count(meta.get(key)):
+            return f"{key} must be a positive integer"
+    if not (number(meta.get("p")) and number(meta.get("q"))):
+        return "p and q must be numbers"
+    enc = meta.get("input_encoding")
+    for key in ("mean", "std"):
+        values = enc.get(key) if isinstance(enc, dict) else None
+        if not (isinstance(values, list) and len(values) == shape[0] and all(map(number, values))):
+            return f"input_encoding.{key} must be a list of {shape[0]} numbers (one per channel)"
+    if not all(v > 0 for v in enc["std"]):
+        return "input_encoding.std must be positive"
+    sha = meta.get("sha256")
+    if not (isinstance(sha, dict) and all(isinstance(sha.get(f"{s}.pt"), str) for s in ("train", "test"))):
+        return "sha256 must map train.pt and test.pt to their checksums"
+    return None
+
+
+def _load_split(path: Path, meta_file: Path, meta: dict, split: str, fix: str) -> dict:
+    """One split's tensors, loaded as plain data (no code runs) and checked against meta.json.
+
+    The sha256 already matched, so a failure here means meta.json was edited to fit another file.
+    """
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refusal or a damaged file: torch raises all kinds
+        raise ChecksumError(f"{path} cannot be loaded as plain tensors ({type(e).__name__}); {fix}") from e
+    n, shape = meta[f"{split}_size"], tuple(meta["in_shape"])
+    pixels, labels = (data.get(k) if isinstance(data, dict) else None for k in ("pixels", "labels"))
+    if not (isinstance(pixels, torch.Tensor) and pixels.dtype == torch.uint8 and pixels.shape == (n, *shape)
+            and isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and labels.shape == (n,)
+            and 0 <= labels.min() <= labels.max() < meta["num_classes"]):
+        raise ChecksumError(f"{path} does not match {meta_file} (split size, in_shape or num_classes); {fix}")
+    return data
+
+
 def load_prepared(directory: str | Path) -> Prepared:
-    """Read a prepared dataset, verifying each tensor file against the sha256 in its meta.json."""
+    """Read a prepared dataset, verifying meta.json and each tensor file against the sha256 it records.
+
+    Any damage is a ChecksumError naming the file and the fix (restore the DVC output or prepare again).
+    """
     directory = Path(directory)
     meta_file = directory / "meta.json"
+    fix = f"restore it with `dvc checkout {directory}` or regenerate it with `dvc repro prepare@{directory.name}`"
     if not meta_file.is_file():
-        raise DataNotFoundError(f"{meta_file} is missing: run the prepare stage (dvc repro prepare)")
-    meta = json.loads(meta_file.read_text())
+        raise DataNotFoundError(f"{meta_file} is missing: run the prepare stage (`dvc repro prepare@{directory.name}`)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ChecksumError(f"{meta_file} cannot be read as JSON ({e}); {fix}") from e
+    problem = _meta_problem(meta)
+    if problem:
+        raise ChecksumError(f"{meta_file} is corrupt: {problem}; {fix}")
     enc = meta["input_encoding"]
     mean = torch.tensor(enc["mean"], dtype=torch.float32).reshape(1, -1, 1, 1)
     std = torch.tensor(enc["std"], dtype=torch.float32).reshape(1, -1, 1, 1)
@@ -417,8 +477,8 @@ def load_prepared(directory: str | Path) -> Prepared:
     for split in ("train", "test"):
         path = directory / f"{split}.pt"
         if not path.is_file() or sha256_file(path) != meta["sha256"][f"{split}.pt"]:
-            raise ChecksumError(f"{path}: missing or checksum mismatch with {meta_file}; rerun prepare")
-        data = torch.load(path, weights_only=True)
+            raise ChecksumError(f"{path}: missing or checksum mismatch with {meta_file}; {fix}")
+        data = _load_split(path, meta_file, meta, split, fix)
         tensors += [(data["pixels"].to(torch.float32) / 255 - mean) / std, data["labels"]]
     return Prepared(meta, *tensors)
 

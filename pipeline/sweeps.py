@@ -49,7 +49,7 @@ from ttfs.constraints import constrain_spike_times, quantise_weights, reduce_lat
 from ttfs.network import SNN
 from ttfs.train import TensorBatches
 
-from . import checkpoint, deps
+from . import checkpoint
 from . import params as P
 from .artifacts import Paths, write_csv, write_json
 from .params import SweepParams
@@ -215,11 +215,6 @@ def setting_metrics(result: dict) -> dict:
 
 
 # -- the sweep ---------------------------------------------------------------------------------------
-
-
-def code_version() -> str:
-    """The sweep stage's code hash (pipeline/deps.py): a code change never resumes stale results."""
-    return deps.code_hash("sweep")
 
 
 def _batches(x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int, device, dtype) -> TensorBatches:
@@ -524,7 +519,7 @@ def summary_metrics(result: dict) -> dict:
 
 
 __all__ = [
-    "KINDS", "MlflowRecorder", "NullRecorder", "Sweep", "SweepData", "SweepParams", "assemble", "code_version",
+    "KINDS", "MlflowRecorder", "NullRecorder", "Sweep", "SweepData", "SweepParams", "assemble",
     "measure", "output_files", "plot_kind", "rows_for", "run_sweep", "setting_key",
     "summary_metrics", "write_outputs",
 ]

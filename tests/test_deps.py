@@ -151,10 +151,9 @@ def test_checkpoint_name_changes_with_the_code_and_old_ones_are_dropped(tmp_path
 
 
 def test_sweep_and_tune_identities_are_their_stage_code_hashes():
-    from pipeline import sweeps, tuning
+    from pipeline import tuning
 
     assert not hasattr(tuning, "CODE_FILES")
-    assert sweeps.code_version() == deps.code_hash("sweep")
     assert tuning.code_hash() == deps.code_hash("tune")
 
 

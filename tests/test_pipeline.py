@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pipeline import artifacts, checkpoint, tracking
-from pipeline.errors import TrainingFailed
+from pipeline.errors import ArtifactError, TrainingFailed
 from pipeline.params import FinetuneParams, PretrainParams
 from pipeline.training import check_learning, crop_flip, fit
 from ttfs import convert
@@ -106,8 +106,9 @@ def test_checkpoint_writes_are_atomic(tmp_path):
     checkpoint.save(path, {"epoch": 2})
     assert checkpoint.load(path) == {"epoch": 2}
     assert [p.name for p in path.parent.iterdir()] == ["c.pt"]  # no temporary files left behind
-    path.write_bytes(path.read_bytes()[:5])  # damaged by something else: reported and ignored
-    assert checkpoint.load(path) is None
+    path.write_bytes(path.read_bytes()[:5])  # damaged by something else: the stage stops and says what to do
+    with pytest.raises(ArtifactError, match=f"{path} is truncated or damaged .*delete it"):
+        checkpoint.load(path)
 
 
 def test_crop_flip_shifts_and_mirrors_deterministically():
