@@ -40,7 +40,7 @@ case "${1:-}" in
         shift
         setup
         postgres
-        .venv/bin/python -m pytest -m "not slow" "$@"
+        .venv/bin/python -m pytest "$@"   # the whole suite; -m "not slow" skips the end-to-end runs
         ;;
     repro)
         shift

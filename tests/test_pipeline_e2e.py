@@ -53,8 +53,9 @@ TINY = {
                  "device": "cpu"},
 }
 
-pytestmark = pytest.mark.skipif(not (BIN / "dvc").exists() or shutil.which("git") is None,
-                                reason="needs dvc in the interpreter's environment and git")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (BIN / "dvc").exists() or shutil.which("git") is None,
+                                 reason="needs dvc in the interpreter's environment and git")]
 
 
 class Repo:
