@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# One entry point for people and CI:  ./tasks.sh test  |  ./tasks.sh repro [dvc args]  |  ./tasks.sh setup
+# One entry point for people and CI:
+#   ./tasks.sh test [pytest args]          the whole suite (CI runs this)
+#   ./tasks.sh repro [dvc repro args]      the default profile (params.yaml) here
+#   ./tasks.sh profile NAME [dvc args]     params.NAME.yaml in profiles/NAME/, params.yaml untouched
+#   ./tasks.sh setup
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -52,8 +56,30 @@ case "${1:-}" in
         fi
         PATH="$PWD/.venv/bin:$PATH" dvc repro "$@"
         ;;
+    profile)
+        # Another profile runs in a workspace of its own (profiles/NAME: this checkout's code, the profile
+        # as its params.yaml, DVC's cache shared), tracked in this project's MLflow store with a profile tag.
+        name=${2:?usage: ./tasks.sh profile NAME [dvc repro args]}
+        shift 2
+        [ -f "params.$name.yaml" ] || { echo "no params.$name.yaml (profiles: $(ls params.*.yaml))" >&2; exit 2; }
+        setup
+        fashion_mnist
+        .venv/bin/python -m pipeline.params "params.$name.yaml" >/dev/null || {
+            .venv/bin/python -m pipeline.params "params.$name.yaml"; exit 2; }
+        ws="profiles/$name"
+        mkdir -p "$ws"
+        rm -rf "$ws/pipeline" "$ws/stages" "$ws/ttfs"
+        cp -r pipeline stages ttfs dvc.yaml .dvcignore params.schema.json "$ws/"
+        cp "params.$name.yaml" "$ws/params.yaml"
+        if [ ! -d "$ws/.dvc" ]; then
+            (cd "$ws" && "$OLDPWD/.venv/bin/dvc" init -q --no-scm)
+        fi
+        (cd "$ws" && "$OLDPWD/.venv/bin/dvc" config --local cache.dir "$OLDPWD/.dvc/cache")
+        export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db} TTFS_PROFILE=$name
+        cd "$ws" && PATH="$OLDPWD/.venv/bin:$PATH" dvc repro "$@"
+        ;;
     *)
-        echo "usage: ./tasks.sh {setup|test [pytest args]|repro [dvc repro args]}" >&2
+        echo "usage: ./tasks.sh {setup|test [pytest args]|repro [dvc repro args]|profile NAME [dvc repro args]}" >&2
         exit 2
         ;;
 esac

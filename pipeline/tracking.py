@@ -125,6 +125,7 @@ class StageRun:
             "pid": str(os.getpid()),
             "mlflow.source.name": f"stages/{stage.split('@')[0]}.py",
             **({"dvc_exp_name": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {}),
+            **({"profile": os.environ["TTFS_PROFILE"]} if os.environ.get("TTFS_PROFILE") else {}),
             **tags,
         }
         self.run_id = None

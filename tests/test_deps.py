@@ -184,3 +184,32 @@ def test_tasks_repro_runs_in_a_copy_without_git(tmp_path):
     again = repo.run("./tasks.sh", "repro", "prepare")  # idempotent: nothing to do the second time
     assert "Running stage" not in again.stdout + again.stderr
     assert (path / ".dvc/config.local").read_text().count("no_scm") == 1
+
+
+@needs_dvc
+def test_a_profile_runs_in_its_own_workspace_and_leaves_params_yaml_alone(tmp_path):
+    """`./tasks.sh profile NAME` reproduces params.NAME.yaml in profiles/NAME; the committed params.yaml and
+    the project's own outputs are untouched, and its MLflow runs carry the profile's name."""
+    path = _copy_repo(tmp_path / "copy", (*COPIED, "tasks.sh", "pyproject.toml", "constraints.txt", ".dvc",
+                                          ".dvcignore", "params.schema.json"))
+    (path / ".venv/bin").mkdir(parents=True)
+    for tool in ("python", "dvc"):
+        (path / ".venv/bin" / tool).write_text(f'#!/bin/sh\nexec "{BIN / tool}" "$@"\n')
+        (path / ".venv/bin" / tool).chmod(0o755)
+    (path / ".venv/.installed").touch()
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for tool in ("bash", "dirname", "cp", "mkdir", "rm", "ls"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    repo = Repo(path, tmp_path / "tracking" / "mlflow.db")
+    repo.env["PATH"] = str(tools)
+    repo.set_params(TINY)
+    committed = (path / "params.yaml").read_bytes()
+    (path / "params.toy.yaml").write_text(json.dumps(_toy_params()))  # JSON is YAML
+    out = repo.run("./tasks.sh", "profile", "toy", "prepare", timeout=300)
+    assert (path / "profiles/toy/data/prepared/synthetic/meta.json").is_file(), out.stderr
+    assert (path / "params.yaml").read_bytes() == committed and not (path / "data").exists()
+    runs = repo.client().search_runs([repo.client().get_experiment_by_name("datasets").experiment_id])
+    assert [r.data.tags.get("profile") for r in runs] == ["toy"]
+    bad = repo.run("./tasks.sh", "profile", "nope", check=False)
+    assert bad.returncode == 2 and "no params.nope.yaml" in bad.stderr
