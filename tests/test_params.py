@@ -163,3 +163,11 @@ def test_experiment_names_are_identifiers(tiny_params):
 
 def test_committed_schema_is_current():
     assert P.SCHEMA_FILE.read_text() == P.json_schema(), "run: python -m pipeline.params --schema"
+
+
+def test_a_stage_run_outside_the_project_says_where_to_run_it(tmp_path, monkeypatch, capsys):
+    from stages import convert
+
+    monkeypatch.chdir(tmp_path)
+    assert convert.main(["fmnist_fc2"]) == 2
+    assert "params.yaml: no params file (run from the project root, where params.yaml is)" in capsys.readouterr().err
