@@ -1,0 +1,1 @@
+"""Shared code of the DVC stages: params, data, tracking, checkpoints, studies and the report."""

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ChecksumError, DataNotFoundError
+from .errors import ChecksumError, DataNotFoundError, ParamsError
 from .params import Places365Params, SourceParams, SyntheticParams
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-PREPARED_FILES = ("train.pt", "test.pt", "meta.json")
+SPLITS = ("train", "val", "test")
+PREPARED_FILES = (*(f"{s}.pt" for s in SPLITS), "meta.json")
 
 
 # -- registry ----------------------------------------------------------------------------------------
@@ -322,6 +323,27 @@ def synthetic(params: SyntheticParams) -> dict[str, Split]:
     return splits
 
 
+def hold_out(train: Split, size: int, seed: int, where: str = "val_size") -> tuple[Split, Split]:
+    """(train, validation): ``size`` training images held out, each class in proportion (seeded).
+
+    Largest remainders decide the classes that get one more image, so the sizes add up exactly.
+    """
+    if size >= len(train.labels):
+        raise ParamsError(f"{where}: {size} leaves no training image (the training split has {len(train.labels)})")
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(train.labels)
+    share = counts.to(torch.float64) * size / len(train.labels)
+    take = share.floor().long()
+    extra = (share - take).argsort(descending=True, stable=True)[: size - int(take.sum())]
+    take[extra] += 1
+    val = torch.cat([torch.nonzero(train.labels == c).flatten()[torch.randperm(int(n), generator=g)[: int(k)]]
+                     for c, (n, k) in enumerate(zip(counts.tolist(), take.tolist(), strict=True))])
+    keep = torch.ones(len(train.labels), dtype=torch.bool)
+    keep[val] = False
+    val = val.sort().values
+    return (Split(train.pixels[keep], train.labels[keep]), Split(train.pixels[val], train.labels[val]))
+
+
 # -- prepared data -----------------------------------------------------------------------------------
 
 
@@ -354,6 +376,8 @@ def prepare(name: str, params, out_dir: Path, download_dir: Path) -> tuple[dict,
             splits, checksums = _read_idx_dataset(spec, files)
         else:
             splits, checksums, classes = _read_cifar(spec, files)
+    splits["train"], splits["val"] = hold_out(splits["train"], params.val_size, params.split_seed,
+                                              f"data.datasets.{name}.val_size")
     train = splits["train"]
     channels = train.pixels.shape[1]
     if spec.standardise:
@@ -371,11 +395,13 @@ def prepare(name: str, params, out_dir: Path, download_dir: Path) -> tuple[dict,
         "num_classes": len(classes),
         "classes": list(classes),
         "train_size": len(train.labels),
+        "val_size": len(splits["val"].labels),
         "test_size": len(splits["test"].labels),
+        "split": {"val_size": params.val_size, "split_seed": params.split_seed, "stratified": True},
         "input_encoding": {"pixels": "uint8 / 255", "mean": mean, "std": std},
         "p": p,
         "q": q,
-        "sha256": {f"{s}.pt": _save_tensors(out_dir / f"{s}.pt", splits[s]) for s in ("train", "test")},
+        "sha256": {f"{s}.pt": _save_tensors(out_dir / f"{s}.pt", splits[s]) for s in SPLITS},
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta, source
@@ -388,8 +414,14 @@ class Prepared:
     meta: dict
     train_x: torch.Tensor
     train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, labels) of ``train``, ``val`` or ``test``."""
+        return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -420,6 +452,8 @@ def _meta_problem(meta) -> str | None:
     for key in ("num_classes", "train_size", "test_size"):
         if not count(meta.get(key)):
             return f"{key} must be a positive integer"
+    if type(meta.get("val_size")) is not int or meta["val_size"] < 0:
+        return "val_size must be a non-negative integer (prepared before the validation split? prepare again)"
     if not (number(meta.get("p")) and number(meta.get("q"))):
         return "p and q must be numbers"
     enc = meta.get("input_encoding")
@@ -430,8 +464,8 @@ def _meta_problem(meta) -> str | None:
     if not all(v > 0 for v in enc["std"]):
         return "input_encoding.std must be positive"
     sha = meta.get("sha256")
-    if not (isinstance(sha, dict) and all(isinstance(sha.get(f"{s}.pt"), str) for s in ("train", "test"))):
-        return "sha256 must map train.pt and test.pt to their checksums"
+    if not (isinstance(sha, dict) and all(isinstance(sha.get(f"{s}.pt"), str) for s in SPLITS)):
+        return "sha256 must map train.pt, val.pt and test.pt to their checksums"
     return None
 
 
@@ -448,7 +482,7 @@ def _load_split(path: Path, meta_file: Path, meta: dict, split: str, fix: str) -
     pixels, labels = (data.get(k) if isinstance(data, dict) else None for k in ("pixels", "labels"))
     if not (isinstance(pixels, torch.Tensor) and pixels.dtype == torch.uint8 and pixels.shape == (n, *shape)
             and isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and labels.shape == (n,)
-            and 0 <= labels.min() <= labels.max() < meta["num_classes"]):
+            and (n == 0 or 0 <= labels.min() <= labels.max() < meta["num_classes"])):
         raise ChecksumError(f"{path} does not match {meta_file} (split size, in_shape or num_classes); {fix}")
     return data
 
@@ -474,7 +508,7 @@ def load_prepared(directory: str | Path) -> Prepared:
     mean = torch.tensor(enc["mean"], dtype=torch.float32).reshape(1, -1, 1, 1)
     std = torch.tensor(enc["std"], dtype=torch.float32).reshape(1, -1, 1, 1)
     tensors = []
-    for split in ("train", "test"):
+    for split in SPLITS:
         path = directory / f"{split}.pt"
         if not path.is_file() or sha256_file(path) != meta["sha256"][f"{split}.pt"]:
             raise ChecksumError(f"{path}: missing or checksum mismatch with {meta_file}; {fix}")

@@ -92,23 +92,32 @@ class Section(BaseModel):
 # -- data --------------------------------------------------------------------------------------------
 
 
-class SourceParams(Section):
+class SplitParams(Section):
+    """The validation split that ``prepare`` holds out of the training images (seeded, stratified):
+    every choice the pipeline makes is made on it; no training step sees it."""
+
+    val_size: NonNegativeInt = 5000
+    split_seed: Int = 0
+
+
+class SourceParams(SplitParams):
     """Where to find a real dataset: ``root`` first, then the system copy, then a download."""
 
     root: str | None = None
     download: bool = True
 
 
-class Places365Params(Section):
+class Places365Params(SplitParams):
     root: str | None = None
     download: bool = False  # 24 GB: never implicitly
     small: bool = True  # the 256x256 images
     image_size: PositiveInt = 224
 
 
-class SyntheticParams(Section):
+class SyntheticParams(SplitParams):
     """Seeded images with learnable class structure (tests, smoke runs)."""
 
+    val_size: NonNegativeInt = 64
     train_size: PositiveInt = 512
     test_size: PositiveInt = 256
     shape: tuple[PositiveInt, ...] = (1, 8, 8)

@@ -25,9 +25,9 @@ def _save(fig, path: Path) -> None:
 def training_curve(path: Path, history: list[dict], title: str) -> None:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
     epochs = [r["epoch"] for r in history]
-    for split in ("train", "test"):
-        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], marker="o", label=split)
-        ax_acc.plot(epochs, [r[f"{split}_accuracy"] for r in history], marker="o", label=split)
+    for split, label in (("train", "training"), ("val", "validation")):
+        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], marker="o", label=label)
+        ax_acc.plot(epochs, [r[f"{split}_accuracy"] for r in history], marker="o", label=label)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title=f"{title}: loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy")
     ax_acc.legend()

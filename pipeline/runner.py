@@ -159,7 +159,8 @@ class Experiment:
         return P.as_dict({**self.shared(), section: getattr(self.params, section)})
 
     def batches(self, split: str, batch_size: int, shuffle: bool, dtype: torch.dtype | None = None) -> TensorBatches:
-        x, y = (self.data.train_x, self.data.train_y) if split == "train" else (self.data.test_x, self.data.test_y)
+        """Batches of ``train`` (training only), ``val`` (every choice and curve) or ``test`` (reported once)."""
+        x, y = self.data.split(split)
         dtype = dtype or self.dtype
         return TensorBatches(x.to(self.device, dtype), y.to(self.device), batch_size, shuffle=shuffle,
                              seed=self.params.seed, device=self.device, dtype=dtype)

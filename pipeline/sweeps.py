@@ -118,10 +118,13 @@ def _mean_std(runs: list[dict[str, float]]) -> dict[str, Any]:
 
 @dataclass
 class SweepData:
-    """Raw inputs and labels (as the ReLU network takes them) of both splits."""
+    """Raw inputs and labels (as the ReLU network takes them): training (fine-tuning), validation
+    (window calibration, fine-tuning curves) and test (the reported accuracies)."""
 
     train_x: Tensor
     train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
     test_x: Tensor
     test_y: Tensor
 
@@ -235,6 +238,7 @@ class Sweep:
         self.recorder = recorder or NullRecorder()
         self.desc = desc
         self.log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+        self.val = _batches(data.val_x, data.val_y, sp.eval_batch_size, False, seed, device, dtype)
         self.test = _batches(data.test_x, data.test_y, sp.eval_batch_size, False, seed, device, dtype)
         self.train_eval = (_batches(data.train_x, data.train_y, sp.eval_batch_size, False, seed, device, dtype)
                            if sp.train_metrics else None)
@@ -243,10 +247,10 @@ class Sweep:
     # constraints -----------------------------------------------------------------------------------
 
     def tight_deltas(self) -> Tensor:
-        """Hidden window widths at the ``window_quantile`` of the activations (computed once)."""
+        """Hidden window widths at the ``window_quantile`` of the validation activations (computed once)."""
         if self._tight is None:
             snn = copy.deepcopy(self.base)
-            x = self.data.train_x if self.sp.quantile_samples is None else self.data.train_x[:self.sp.quantile_samples]
+            x = self.data.val_x if self.sp.quantile_samples is None else self.data.val_x[:self.sp.quantile_samples]
             tighten_windows(snn, x, self.sp.window_quantile)
             self._tight = snn.deltas[1:].detach().clone()
         return self._tight
@@ -309,7 +313,7 @@ class Sweep:
         constrain_spike_times(tight_snn)
         tight = self._measure_once(tight_snn) | {
             "quantile": self.sp.window_quantile,
-            "samples": min(len(self.data.train_x), self.sp.quantile_samples or len(self.data.train_x)),
+            "samples": min(len(self.data.val_x), self.sp.quantile_samples or len(self.data.val_x)),
             "windows": [float(d) for d in tight_snn.deltas.tolist()],
         }
         return snn, tight
@@ -332,7 +336,7 @@ class Sweep:
                 torch.manual_seed(self.seed)
                 train = _batches(self.data.train_x, self.data.train_y, self.sp.batch_size, True, self.seed,
                                  self.device, self.dtype)
-                history = fit(snn, train, self.test, self.sp.finetune_params(), ckpt, state, run,
+                history = fit(snn, train, self.val, self.sp.finetune_params(), ckpt, state, run,
                               f"{self.desc} {setting_key(kind, value)}", seed=self.seed)
                 finetuned = self.evaluate(snn, kind, value)
             final = finetuned or before

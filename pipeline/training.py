@@ -22,7 +22,7 @@ from .errors import TrainingFailed
 from .params import FinetuneParams, PretrainParams
 from .tracking import StageRun
 
-CURVE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr")
+CURVE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 
 
 def optimizer_for(model: nn.Module, p: PretrainParams | FinetuneParams):
@@ -65,7 +65,7 @@ class Augmented:
 def fit(
     model: nn.Module,
     train: TensorBatches,
-    test: TensorBatches,
+    val: TensorBatches,
     p: PretrainParams | FinetuneParams,
     ckpt_path: Path,
     state: dict | None,
@@ -75,7 +75,7 @@ def fit(
 ) -> list[dict]:
     """Train for ``p.epochs`` epochs from ``state`` (a loaded checkpoint) or from scratch; returns the curve.
 
-    ``seed`` seeds the augmentation stream (if ``p.augment`` asks for one). After every epoch the test
+    ``seed`` seeds the augmentation stream (if ``p.augment`` asks for one). After every epoch the validation
     metrics go to MLflow and a checkpoint is written. DivergenceError from
     :func:`ttfs.train.train_epoch` propagates; the previous epoch's checkpoint stays in place.
     """
@@ -100,15 +100,16 @@ def fit(
         batches = tqdm(augmented or train, total=len(train), desc=f"{desc} epoch {epoch}/{p.epochs}", unit="batch",
                        mininterval=2.0, leave=False, file=sys.stderr)
         stats = train_epoch(model, batches, opt, scheduler=scheduler, **kwargs)
-        test_stats = evaluate(model, test)
+        val_stats = evaluate(model, val) if len(val.labels) else {"loss": None, "accuracy": None}
         row = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
-               "test_loss": test_stats["loss"], "test_accuracy": test_stats["accuracy"],
+               "val_loss": val_stats["loss"], "val_accuracy": val_stats["accuracy"],
                "lr": opt.param_groups[0]["lr"]}
         run.log_metrics(_metrics(row), step=epoch)
         check_learning(row, p, int(train.labels.max()) + 1, desc)
         history.append(row)
         print(f"{desc} epoch {epoch}/{p.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
-              f" | test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}", file=sys.stderr, flush=True)
+              + (f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}" if row["val_loss"] is not None
+                 else ""), file=sys.stderr, flush=True)
         checkpoint.save(ckpt_path, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
             "rng": checkpoint.rng_state(generators), "history": history, "run_id": run.run_id,

@@ -38,10 +38,11 @@ def main(ctx: Context) -> None:
                                P.params_hash(exp.stage_params("finetune"), lineage, start))
     state = checkpoint.load(ckpt)
     train = exp.batches("train", p.batch_size, shuffle=True)
+    val = exp.batches("val", p.eval_batch_size, shuffle=False)
     test = exp.batches("test", p.eval_batch_size, shuffle=False)
     with exp.track("finetune", "snn", resume=state and state["run_id"], finetune_mode=p.mode) as mlrun:
         reference = exp.reference(lineage["pretrain_params_hash"])
-        history = fit(snn, train, test, p, ckpt, state, mlrun, f"finetune {name}", exp.params.seed)
+        history = fit(snn, train, val, p, ckpt, state, mlrun, f"finetune {name}", exp.params.seed)
         final = evaluate(snn, test)
         exactness = compare_to_relu(to_relu(snn), snn, test, split="test")
         metrics = {"test_accuracy": final["accuracy"], "test_loss": final["loss"], "epochs": len(history),

@@ -35,6 +35,7 @@ def main(ctx: Context) -> None:
     p = exp.params.pretrain
     params_hash = P.params_hash(exp.stage_params("pretrain"))
     model = exp.fresh_model().to(exp.device, exp.dtype)
+    val = exp.batches("val", p.eval_batch_size, shuffle=False)
     test = exp.batches("test", p.eval_batch_size, shuffle=False)
     ckpt = checkpoint.path_for(project_root(), name, "pretrain",
                                P.params_hash(exp.stage_params("pretrain"), exp.lineage()))
@@ -45,7 +46,7 @@ def main(ctx: Context) -> None:
             history = []
         else:
             train = exp.batches("train", p.batch_size, shuffle=True)
-            history = fit(model, train, test, p, ckpt, state, mlrun, f"pretrain {name}", exp.params.seed)
+            history = fit(model, train, val, p, ckpt, state, mlrun, f"pretrain {name}", exp.params.seed)
         final = evaluate(model, test)
         train_final = evaluate(model, exp.batches("train", p.eval_batch_size, shuffle=False))
         metrics = {"test_accuracy": final["accuracy"], "test_loss": final["loss"],

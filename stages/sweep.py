@@ -30,7 +30,7 @@ def main(ctx: Context) -> dict:
     key = P.params_hash(stage_params, lineage, exp.data.meta["sha256"], sha256_file(paths.snn))
     state_path = checkpoint.path_for(project_root(), name, "sweep", key)
     state = checkpoint.load(state_path)
-    data = SweepData(exp.data.train_x, exp.data.train_y, exp.data.test_x, exp.data.test_y)
+    data = SweepData(*exp.data.split("train"), *exp.data.split("val"), *exp.data.split("test"))
     with exp.track("sweep", "sweep", resume=state and state.get("run_id")) as parent:
         reference = exp.reference(lineage["pretrain_params_hash"])
         parent.set_tags({"reference_run_id": reference.run_id})

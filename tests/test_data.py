@@ -64,7 +64,7 @@ def test_synthetic_is_seeded_and_learnable_in_shape():
 
 
 def test_prepare_synthetic_is_deterministic_and_verified(tmp_path):
-    params = SyntheticParams(train_size=32, test_size=16, shape=(1, 8, 8), classes=3)
+    params = SyntheticParams(train_size=32, val_size=8, test_size=16, shape=(1, 8, 8), classes=3)
     meta, source = D.prepare("synthetic", params, tmp_path / "a", tmp_path / "raw")
     D.prepare("synthetic", params, tmp_path / "b", tmp_path / "raw")
     for name in D.PREPARED_FILES:
@@ -88,9 +88,10 @@ def test_idx_dataset_from_a_root_in_torchvision_layout(tmp_path, monkeypatch, co
     if compress:  # our stand-in files get "known" checksums; uncompressed MNIST has none (structure check)
         known = {p.name: {D.md5_file(p)} for p in raw.iterdir()}
         monkeypatch.setitem(D.SPECS, "mnist", dataclasses.replace(D.SPECS["mnist"], md5=known))
-    meta, source = D.prepare("mnist", SourceParams(root=str(tmp_path / "root"), download=False),
+    meta, source = D.prepare("mnist", SourceParams(root=str(tmp_path / "root"), download=False, val_size=2),
                              tmp_path / "out", tmp_path / "raw")
-    assert "data.datasets.mnist.root" in source and meta["train_size"] == 6 and meta["test_size"] == 4
+    assert "data.datasets.mnist.root" in source
+    assert (meta["train_size"], meta["val_size"], meta["test_size"]) == (4, 2, 4)
     assert meta["in_shape"] == [1, 28, 28]
 
 
@@ -140,3 +141,29 @@ def test_debian_fashion_mnist_files_verify():
     labels = D.read_idx(content, "t10k-labels")
     assert labels.shape == (10000,) and hashlib.sha256(content).hexdigest() == spec.sha256["t10k-labels-idx1-ubyte"]
     assert json.dumps(sorted(set(labels.tolist()))) == json.dumps(list(range(10)))
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint():
+    train = D.Split(torch.arange(1000, dtype=torch.uint8).reshape(-1, 1, 1, 1).repeat(1, 1, 2, 2),
+                    torch.tensor([0] * 500 + [1] * 300 + [2] * 200))
+    train.pixels = torch.arange(1000).reshape(-1, 1, 1, 1)  # unique ids to check disjointness
+    kept, val = D.hold_out(train, 100, seed=3)
+    assert len(val.labels) == 100 and len(kept.labels) == 900
+    assert torch.bincount(val.labels).tolist() == [50, 30, 20]  # each class in proportion
+    assert not set(val.pixels.flatten().tolist()) & set(kept.pixels.flatten().tolist())
+    again, val2 = D.hold_out(train, 100, seed=3)
+    assert torch.equal(val.pixels, val2.pixels) and not torch.equal(D.hold_out(train, 100, seed=4)[1].pixels,
+                                                                     val.pixels)
+    odd = D.hold_out(train, 7, seed=0)[1]  # 3.5 / 2.1 / 1.4: largest remainders get the extra image
+    assert torch.bincount(odd.labels, minlength=3).tolist() == [4, 2, 1]
+    with pytest.raises(D.ParamsError, match="data.datasets.x.val_size: 1000 leaves no training image"):
+        D.hold_out(train, 1000, seed=0, where="data.datasets.x.val_size")
+
+
+def test_prepared_splits_never_share_an_image(tmp_path):
+    params = SyntheticParams(train_size=200, val_size=40, test_size=50, shape=(1, 8, 8), classes=4, noise=0.5)
+    meta, _ = D.prepare("synthetic", params, tmp_path, tmp_path / "raw")
+    prepared = D.load_prepared(tmp_path)
+    assert (meta["train_size"], meta["val_size"], meta["test_size"]) == (160, 40, 50)
+    rows = {s: {tuple(r) for r in prepared.split(s)[0].flatten(1).tolist()} for s in D.SPLITS}
+    assert not rows["train"] & rows["val"] and not rows["train"] & rows["test"] and not rows["val"] & rows["test"]

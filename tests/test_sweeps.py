@@ -14,7 +14,7 @@ import ttfs
 from pipeline import params as P
 from pipeline import sweeps
 from pipeline.artifacts import Paths
-from pipeline.data import synthetic
+from pipeline.data import hold_out, synthetic
 from pipeline.sweeps import KINDS, PLOT_NAME, X_COLUMN, SweepData, run_sweep, setting_key
 from ttfs.train import TensorBatches, train_epoch
 
@@ -36,7 +36,8 @@ def one_thread():
 def toy():
     """A small FC network trained on synthetic images, converted to an exact B1 SNN."""
     splits = synthetic(P.SyntheticParams(train_size=256, test_size=256, shape=(1, 6, 6), classes=4, noise=0.3))
-    data = SweepData(*(t for s in ("train", "test")
+    splits["train"], splits["val"] = hold_out(splits["train"], 64, 0)
+    data = SweepData(*(t for s in ("train", "val", "test")
                        for t in (splits[s].pixels.float() / 255, splits[s].labels)))
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 24), nn.ReLU(), nn.Linear(24, 4))
