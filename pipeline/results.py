@@ -147,15 +147,23 @@ class StageResult(Record):
 
 
 def _location(loc: tuple) -> str:
-    """('settings', 'jitter', '0.05', 'before', 'accuracy') -> settings.jitter.0.05.before.accuracy."""
-    parts = [p for p in loc if not (isinstance(p, str) and (p in _UNION_TAGS or "[" in p))]
+    """('settings', 'jitter', '0.05', 'before', 'accuracy') -> settings.jitter[0.05].before.accuracy."""
     out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    for p in loc:
+        if isinstance(p, str) and _union_tag(p):
+            continue  # pydantic names the member of a union it tried: not part of the file's structure
+        out += f"[{p}]" if isinstance(p, int) or "." in p else (f".{p}" if out else p)
     return out or "(top level)"
 
 
-_UNION_TAGS = {"int", "float", "str", "bool", "none"}
+def _union_tag(part: str) -> bool:
+    models: set[str] = set()
+    todo = [Record]
+    while todo:
+        cls = todo.pop()
+        models.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return part in {"int", "float", "str", "bool", "none"} or "[" in part or part in models
 
 
 def describe(error: ValidationError) -> str:
@@ -505,7 +513,7 @@ class ParetoResult(StageResult):
 class DynamicsSetup(DynamicsConfig):
     """The study's settings (params.yaml ``dynamics`` without ``dataset``) and what they came to."""
 
-    widths: tuple[int, ...]
+    widths: list[int]  # a list: the params section validates in Python mode, where strict tuples refuse lists
     train_samples: Count
     test_samples: Count
     steps_per_epoch: Count
