@@ -20,6 +20,7 @@ converter) is ``Absent`` from the file rather than ``null`` when it has no value
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -71,6 +72,13 @@ class Record(BaseModel):
 
 # -- the base class ----------------------------------------------------------------------------------
 
+
+def lineage_digest(checksums: dict[str, str]) -> str:
+    """One sha256 for a mapping of file name -> sha256 (order-free): ``data_sha256`` of a prepared dataset."""
+    lines = "".join(f"{name}:{checksums[name]}\n" for name in sorted(checksums))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 PRETRAIN_LINEAGE = ("experiment", "dataset", "data_sha256")
 DOWNSTREAM_LINEAGE = (*PRETRAIN_LINEAGE, "pretrain_params_hash")
 
@@ -85,6 +93,15 @@ class StageResult(Record):
 
     params_hash: Hash
     lineage: dict[str, str]
+
+    @field_validator("lineage", mode="before")
+    @classmethod
+    def _one_digest_per_input(cls, value: Any) -> Any:
+        """A per-file checksum mapping (``Prepared.meta["sha256"]`` in a model file's lineage) becomes one
+        digest of it (:func:`lineage_digest`), so ``Experiment.lineage()`` can be passed as it is."""
+        if isinstance(value, dict):
+            return {k: lineage_digest(v) if isinstance(v, dict) else v for k, v in value.items()}
+        return value
 
     @field_validator("lineage")
     @classmethod
@@ -124,15 +141,16 @@ class StageResult(Record):
         os.replace(tmp, path)
 
     @classmethod
-    def read(cls, path: str | Path, experiment: str | None = None) -> Self:
+    def read(cls, path: str | Path, experiment: str | None = None, root: str | Path | None = None) -> Self:
         """The result in ``path``; ArtifactError naming the file and the field if it is not one.
 
+        ``root``: the directory ``path`` is relative to (the message names ``path`` as given).
         ``experiment`` (for the rerun command in the message) defaults to the file's directory name.
         """
         path = Path(path)
         fix = f"rerun `{cls.command(experiment or path.parent.name)}`"
         try:
-            text = path.read_text(encoding="utf-8")
+            text = (Path(root or ".") / path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ArtifactError(f"{path.as_posix()}: cannot read it ({type(e).__name__}: {e}); {fix}") from e
         try:
@@ -141,9 +159,10 @@ class StageResult(Record):
             raise ArtifactError(f"{path.as_posix()}: {describe(e)}; {fix}") from None
 
     @classmethod
-    def read_optional(cls, path: str | Path, experiment: str | None = None) -> Self | None:
+    def read_optional(cls, path: str | Path, experiment: str | None = None,
+                      root: str | Path | None = None) -> Self | None:
         """None when there is no file (the stage has not run); otherwise as :meth:`read`."""
-        return cls.read(path, experiment) if Path(path).exists() else None
+        return cls.read(path, experiment, root) if (Path(root or ".") / path).exists() else None
 
 
 def _location(loc: tuple) -> str:

@@ -357,3 +357,12 @@ def test_the_dynamics_study_output_is_a_dynamics_result(tmp_path):
     result = R.DynamicsResult.model_validate(data | {"params_hash": HASH, "lineage": lineage(R.DynamicsResult)})
     back = json.loads(result.to_json())
     assert {k: v for k, v in back.items() if k not in ("params_hash", "lineage")} == data
+
+
+def test_a_per_file_checksum_mapping_is_recorded_as_one_digest():
+    files = {"train.pt": "a" * 64, "test.pt": "b" * 64}
+    data = json.loads(sample("pretrain").to_json())
+    result = R.PretrainResult.model_validate(data | {"lineage": data["lineage"] | {"data_sha256": files}})
+    assert result.lineage["data_sha256"] == R.lineage_digest(dict(reversed(files.items()))) != R.lineage_digest(
+        {"train.pt": "a" * 64})
+    assert len(result.lineage["data_sha256"]) == 64
