@@ -1,0 +1,276 @@
+"""From typed params and results to what the templates show: one short function per part of the report.
+
+Numbers are formatted in the templates (filters of :mod:`.fmt`); here are the decisions: which rows
+the paper table has and what they average, whether a conversion is exact, which parts are missing and
+which command produces them, which figures exist, and which MLflow run each stage's numbers came from.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..results import KINDS, ConvertResult, DtypeCheck, ParetoResult, Setting, Trial
+from . import paper
+from .fmt import DASH, code, fixed, mean_std, pct, sci
+from .inputs import STAGES, ExperimentInputs, Inputs
+from .runs import NO_RUN, RunKey, RunRef
+
+SWEEP_PLOT = {"jitter": "sweep_jitter.png", "time_steps": "sweep_time_steps.png",
+              "weight_bits": "sweep_weight_bits.png", "latency_factor": "sweep_latency.png"}
+SWEEP_VALUE = {"jitter": "jitter σ (τ_c)", "time_steps": "time steps K", "weight_bits": "weight bits b",
+               "latency_factor": "latency factor f"}
+SWEEP_TITLE = {"jitter": "Spike-time jitter", "time_steps": "Time quantisation",
+               "weight_bits": "Weight quantisation", "latency_factor": "Reduced latency"}
+SWEEP_BEST = {"jitter": "largest σ", "time_steps": "smallest K", "weight_bits": "fewest bits",
+              "latency_factor": "largest factor"}
+EVALUATE_PLOTS = (("spikes_per_layer.png", "spikes per neuron per layer"),
+                  ("spike_times.png", "spike-time distribution"), ("raster.png", "spike raster"))
+DYNAMICS_PLOTS = ("training_curves.png", "cosine.png", "jacobian_spectra.png", "jacobian_depth.png")
+DYNAMICS_LABEL = {"relu": "ReLU", "b1": "B1 (converted ReLU init)", "alpha1_smart": "α1, smart init",
+                  "alpha1_standard": "α1, standard init", "relu_alpha1_smart": "ReLU twin of α1 smart",
+                  "relu_alpha1_standard": "ReLU twin of α1 standard"}
+INIT_LABEL = {"b1": "B1", "alpha1_smart": "α1 smart", "alpha1_standard": "α1 standard"}
+#: template filters: a network of the dynamics study, an initialisation of its spectra
+LABELS = {"network": lambda n: DYNAMICS_LABEL[n] if n in DYNAMICS_LABEL else n,
+          "init": lambda n: INIT_LABEL[n] if n in INIT_LABEL else n}
+
+
+def produce(stage: str, experiment: str | None) -> str:
+    """How to make a missing result: the DVC command and the stage module."""
+    if experiment is None:
+        return f"`dvc repro {stage}` (or `python -m stages.{stage}`)"
+    return f"`dvc repro {stage}@{experiment}` (or `python -m stages.{stage} {experiment}`)"
+
+
+def not_run(path: Path, stage: str, experiment: str | None) -> str:
+    return f"Not run: `{path.as_posix()}` is missing. Produce it with {produce(stage, experiment)}."
+
+
+# -- figures -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The figures of one part: those present as (caption, link), and a note naming the missing ones."""
+
+    present: list[tuple[str, str]]
+    missing: str | None
+
+
+def figures(root: Path, prefix: str, items: list[tuple[Path, str]], stage: str, experiment: str | None) -> Figures:
+    present = [(caption, prefix + p.as_posix()) for p, caption in items if (root / p).is_file()]
+    absent = [code(p.as_posix()) for p, _ in items if not (root / p).is_file()]
+    note = (f"Plot{'s' if len(absent) > 1 else ''} missing: {', '.join(absent)} (written by "
+            f"{produce(stage, experiment)}).") if absent else None
+    return Figures(present, note)
+
+
+# -- one experiment ------------------------------------------------------------------------------------
+
+
+def describe(e: ExperimentInputs) -> str:
+    p = e.params
+    model = paper.model_label(p.model.name) + (f" ({p.model.name})" if paper.family(p.model.name) != p.model.name
+                                               else "")
+    options = ", ".join(f"{k}={v}" for k, v in sorted(p.model.options.items()))
+    parts = [f"dataset {paper.dataset_label(p.dataset)}", f"model {model}" + (f" [{options}]" if options else ""),
+             f"seed {p.seed}", p.dtype, f"fine-tuning: {p.finetune.mode}"]
+    l1 = [f"{where} λ = {v:g}" for where, v in (("pretrain", p.pretrain.l1), ("finetune", p.finetune.l1)) if v > 0]
+    parts.append("L1: " + (", ".join(l1) if l1 else "none"))
+    if p.pretrain.nonpositive_bias or p.finetune.nonpositive_bias:
+        parts.append("hidden biases kept <= 0 (docs/sparsity.md)")
+    return "; ".join(parts) + "."
+
+
+def verdict(conv: ConvertResult, rel_tolerance: float) -> tuple[str, list[str]]:
+    """'exact' or 'NOT exact', and why not (SPEC 3.4: full agreement, logits within the tolerance)."""
+    why = []
+    if conv.agreement < 1.0:
+        why.append(f"agreement {pct(conv.agreement, 4)} %")
+    if conv.max_rel_logit_diff is None or conv.max_rel_logit_diff > rel_tolerance:
+        why.append(f"relative logit difference {sci(conv.max_rel_logit_diff)} > {rel_tolerance:g}")
+    if conv.causality_violations:
+        why.append(f"{conv.causality_violations:,} causality violations")
+    return ("exact" if not why else "NOT exact"), why
+
+
+@dataclass(frozen=True)
+class SweepKind:
+    kind: str
+    title: str
+    value_label: str
+    rows: list[Setting]
+    note: str
+
+
+def sweep_kinds(e: ExperimentInputs) -> list[SweepKind]:
+    sw = e.sweep
+    if sw is None:
+        return []
+    out = []
+    for kind in KINDS:
+        line = paper.PAPER_CONSTRAINTS[kind][0].upper() + paper.PAPER_CONSTRAINTS[kind][1:]
+        best = getattr(sw.within_tolerance, kind)
+        ours = (f"Ours: {SWEEP_BEST[kind]} within {100 * sw.tolerance:.2f} pt of the exact SNN after fine-tuning: "
+                f"{'none in the grid' if best is None else f'{best:.4g}'}. ")
+        out.append(SweepKind(kind, SWEEP_TITLE[kind], SWEEP_VALUE[kind], sw.settings.rows(kind), ours + line + "."))
+    return out
+
+
+def target_text(doc: ParetoResult) -> str:
+    """The target check of pipeline.tuning in words."""
+    t = doc.target
+    parts = []
+    for split, label in (("val", "validation"), ("test", "test")):
+        s = getattr(t, split)
+        if s is not None:
+            pick = s.sparsest_within_drop
+            parts.append(f"{label}: trial {pick.trial} (λ = {sci(pick.l1, 2)}) reaches {pct(pick.accuracy)} % at "
+                         f"{fixed(pick.spikes_per_neuron)} spikes/neuron (best {pct(s.best_accuracy)} %) — target "
+                         f"**{'met' if s.met else 'not met'}**")
+    if not parts:
+        return "Target check: no complete trials."
+    return (f"Target check: the sparsest front trial within {100 * t.accuracy_drop:g} pt of the best accuracy, "
+            f"target ≤ {t.spikes_per_neuron:g} spikes/neuron; " + "; ".join(parts) + ".")
+
+
+@dataclass(frozen=True)
+class ExperimentView:
+    e: ExperimentInputs
+    describe: str
+    runs: dict[str, str]
+    absent: dict[str, str]
+    verdict: tuple[str, list[str]] | None
+    working: DtypeCheck | None
+    front: list[Trial]
+    target: str | None
+    sweep_kinds: list[SweepKind]
+    figures: dict[str, Figures]
+    pareto_html: str | None
+
+
+def experiment_figures(e: ExperimentInputs, root: Path, prefix: str) -> dict[str, Figures]:
+    plots = Path("plots") / e.name
+    curve = {s: [(plots / f"{s}_curve.png", caption)] if e.result(s) else []
+             for s, caption in (("pretrain", "ReLU pretraining"), ("finetune", "SNN fine-tuning"))}
+    return {"pretrain": figures(root, prefix, curve["pretrain"], "pretrain", e.name),
+            "finetune": figures(root, prefix, curve["finetune"], "finetune", e.name),
+            "evaluate": figures(root, prefix, [(plots / p, c) for p, c in EVALUATE_PLOTS], "evaluate", e.name),
+            "sweep": figures(root, prefix, [(plots / SWEEP_PLOT[k], SWEEP_TITLE[k].lower()) for k in KINDS],
+                             "sweep", e.name),
+            "tune": figures(root, prefix, [(plots / "pareto.png", "Pareto front")], "tune", e.name)}
+
+
+def absent_notes(e: ExperimentInputs) -> dict[str, str]:
+    """What to say where a result file is missing (the tune outputs: also when nothing asks for them)."""
+    notes = {s: not_run(Path("metrics") / e.name / f"{s}.json", s, e.name) for s in STAGES}
+    notes["pareto"] = not_run(Path("plots") / e.name / "pareto.json", "tune", e.name) if e.tuned else (
+        f"Not run: params.yaml has no tune section for this experiment. Add `tune: {{{e.name}: {{}}}}` "
+        f"(docs/tuning.md) and run {produce('tune', e.name)}.")
+    return notes
+
+
+def experiment_view(e: ExperimentInputs, runs: dict[str, RunRef], root: Path, prefix: str) -> ExperimentView:
+    html = Path("plots") / e.name / "pareto.html"
+    return ExperimentView(
+        e=e, describe=describe(e), runs={s: runs[s].text() for s in STAGES}, absent=absent_notes(e),
+        verdict=verdict(e.convert, e.params.convert.rel_tolerance) if e.convert else None,
+        working=e.convert.in_dtype(e.params.dtype) if e.convert and e.params.dtype != "float64" else None,
+        front=[t for t in e.pareto.front if not t.baseline] if e.pareto else [],
+        target=target_text(e.pareto) if e.pareto else None, sweep_kinds=sweep_kinds(e),
+        figures=experiment_figures(e, root, prefix),
+        pareto_html=prefix + html.as_posix() if (root / html).is_file() else None)
+
+
+# -- the paper table -----------------------------------------------------------------------------------
+
+
+def _names(names: list[str], not_run_count: int) -> str:
+    if not names:
+        return "none in params.yaml"
+    missing = "" if not not_run_count else ("evaluate not run" if len(names) == 1 else f"{not_run_count} not evaluated")
+    if len(names) <= 3:
+        return ", ".join(code(n) for n in names) + (f" ({missing})" if missing else "")
+    return f"{code(names[0])} … {code(names[-1])} ({len(names)} experiments" + (f"; {missing})" if missing else ")")
+
+
+def paper_row(dataset: str, model: str, l1: bool, relu: paper.Value | None, snn: paper.Value | None,
+              spikes: paper.Value | None, exps: list[ExperimentInputs]) -> list[str]:
+    done = [e.evaluate for e in exps if e.evaluate is not None]
+    snn_ours = [r.snn_accuracy for r in done]
+    diff = f"{statistics.fmean(snn_ours) * 100 - snn.mean:+.2f}" if snn is not None and snn_ours else DASH
+    return [paper.dataset_label(dataset), paper.model_label(model), "yes" if l1 else "no",
+            relu.text() if relu else DASH, mean_std([r.relu_accuracy for r in done], pct),
+            snn.text() if snn else DASH, mean_std(snn_ours, pct), diff,
+            spikes.text() if spikes else DASH, mean_std([r.spikes_per_neuron for r in done], fixed),
+            _names([e.name for e in exps], len(exps) - len(done))]
+
+
+def paper_rows(experiments: tuple[ExperimentInputs, ...]) -> list[list[str]]:
+    """Every row of SPEC 9 (with an L1 row where ours has one), then our rows the paper does not have."""
+    groups: dict[tuple[str, str, bool], list[ExperimentInputs]] = {}
+    for e in experiments:
+        groups.setdefault((e.params.dataset, paper.family(e.params.model.name), e.l1), []).append(e)
+    rows, seen = [], set()
+    for p in paper.PAPER:
+        for l1 in (False, True):
+            key = (p.dataset, p.model, l1)
+            if l1 and p.snn_l1 is None and key not in groups:
+                continue
+            seen.add(key)
+            snn = p.snn_l1 if l1 else p.snn
+            rows.append(paper_row(*key, p.relu if snn else None, snn, p.spikes_l1 if l1 else p.spikes,
+                                  groups.setdefault(key, [])))
+    rows += [paper_row(*key, None, None, None, exps) for key, exps in groups.items() if key not in seen]
+    return rows
+
+
+# -- MLflow ----------------------------------------------------------------------------------------------
+
+
+def run_keys(inputs: Inputs) -> dict[tuple[str, str], RunKey]:
+    """The run to look up for every result that exists (by the params hash it carries)."""
+    keys = {}
+    for e in inputs.experiments:
+        for stage in STAGES:
+            h = e.params_hash(stage)
+            if h is not None:
+                keys[(e.name, stage)] = RunKey(e.name, f"{stage}@{e.name}", h)
+    if inputs.dynamics is not None:
+        keys[("dynamics", "dynamics")] = RunKey("dynamics", "dynamics", inputs.dynamics.params_hash)
+    return keys
+
+
+def run_of(runs: dict[tuple[str, str], RunRef], experiment: str, stage: str) -> RunRef:
+    return runs[(experiment, stage)] if (experiment, stage) in runs else NO_RUN
+
+
+def mlflow_rows(inputs: Inputs, runs: dict[tuple[str, str], RunRef]) -> list[list[str]]:
+    """Every stage of every experiment with results (tune where asked for or run), and the dynamics study."""
+    rows = [[code(e.name), s, run_of(runs, e.name, s).text()]
+            for e in inputs.experiments if e.has_results for s in STAGES if s != "tune" or e.tuned or e.pareto]
+    if inputs.dynamics is not None or inputs.params.dynamics is not None:
+        rows.append(["dynamics", "dynamics", run_of(runs, "dynamics", "dynamics").text()])
+    return rows
+
+
+# -- the whole report --------------------------------------------------------------------------------------
+
+
+def context(inputs: Inputs, runs: dict[tuple[str, str], RunRef], runs_problem: str | None, root: Path,
+            prefix: str) -> dict:
+    """Everything templates/report.md.j2 shows."""
+    views = [experiment_view(e, {s: run_of(runs, e.name, s) for s in STAGES}, root, prefix)
+             for e in inputs.experiments]
+    dyn_plots = [(Path("plots") / "dynamics" / p, p.removesuffix(".png").replace("_", " ")) for p in DYNAMICS_PLOTS]
+    return {
+        "params": inputs.params, "experiments": views, "paper_rows": paper_rows(inputs.experiments),
+        "best_single_spike": ", ".join(f"{paper.dataset_label(d)} {v:.2f}" for d, v in paper.BEST_SINGLE_SPIKE.items()),
+        "dynamics": inputs.dynamics, "dynamics_figures": figures(root, prefix, dyn_plots, "dynamics", None),
+        "dynamics_absent": not_run(Path("metrics") / "dynamics.json", "dynamics", None),
+        "dynamics_run": run_of(runs, "dynamics", "dynamics").text(),
+        "mlflow_rows": mlflow_rows(inputs, runs), "runs_problem": runs_problem,
+        "produce": produce, "dataset_label": paper.dataset_label, "model_label": paper.model_label,
+    }
