@@ -117,7 +117,7 @@ class Places365Params(SplitParams):
 class SyntheticParams(SplitParams):
     """Seeded images with learnable class structure (tests, smoke runs)."""
 
-    val_size: NonNegativeInt = 64
+    val_size: NonNegativeInt = 32
     train_size: PositiveInt = 512
     test_size: PositiveInt = 256
     shape: tuple[PositiveInt, ...] = (1, 8, 8)

@@ -125,6 +125,10 @@ class StageResult(Record):
 
     # -- writing and reading
 
+    def metrics(self) -> dict[str, Any]:
+        """The numbers alone (no params hash, no lineage): what goes to MLflow as metrics."""
+        return self.model_dump(mode="json", exclude={"params_hash", "lineage"})
+
     def to_json(self) -> str:
         """As pipeline.artifacts.write_json formats it: strict JSON, indent 2, trailing newline."""
         data = self.model_dump(mode="json")
@@ -215,13 +219,16 @@ class PretrainResult(StageResult):
     test_loss: Nullable
     train_accuracy: Fraction
     train_loss: Nullable
+    val_accuracy: Fraction | None  # null without a validation split
+    val_loss: Nullable
     epochs: Count
     parameters: Count
 
     def deltas(self, values: dict[str, float | None]) -> dict[str, float]:
         """``delta.<metric>`` = value - this reference, for every metric both have (MLflow's delta metrics)."""
         reference = {"test_accuracy": self.test_accuracy, "test_loss": self.test_loss,
-                     "train_accuracy": self.train_accuracy, "train_loss": self.train_loss}
+                     "train_accuracy": self.train_accuracy, "train_loss": self.train_loss,
+                     "val_accuracy": self.val_accuracy, "val_loss": self.val_loss}
         return {f"delta.{k}": v - reference[k] for k, v in values.items()
                 if k in reference and v is not None and reference[k] is not None}
 
@@ -270,6 +277,8 @@ class FinetuneResult(StageResult):
 
     test_accuracy: Fraction
     test_loss: Nullable
+    val_accuracy: Fraction | None  # null without a validation split
+    val_loss: Nullable
     epochs: Count
     mode: Literal["converted", "scratch"]
     equivalent_relu_agreement: Fraction

@@ -24,9 +24,10 @@ from ttfs import SNN, convert, zoo
 from ttfs.train import DivergenceError, TensorBatches
 
 from . import params as P
-from .artifacts import Paths, prepared_dir, read_json
+from .artifacts import Paths, prepared_dir
 from .data import Prepared, load_prepared
 from .errors import ParamsError, PipelineError
+from .results import PretrainResult, lineage_digest
 from .tracking import REFERENCE, StageRun, Tracker
 
 EXIT_FAILED, EXIT_PARAMS, EXIT_INTERRUPTED = 1, 2, 130
@@ -116,11 +117,11 @@ class Reference:
     """The experiment's reference ReLU network: its numbers (pretrain.json) and its MLflow run."""
 
     run_id: str
-    metrics: dict[str, float]
+    result: PretrainResult
 
-    def deltas(self, values: dict[str, float]) -> dict[str, float]:
-        """value - reference for every metric both have."""
-        return {f"delta.{k}": v - self.metrics[k] for k, v in values.items() if k in self.metrics and v is not None}
+    def deltas(self, values: dict[str, float | None]) -> dict[str, float]:
+        """``delta.<metric>`` = value - reference, for every metric both have."""
+        return self.result.deltas(values)
 
 
 @dataclass
@@ -178,9 +179,10 @@ class Experiment:
         return convert(relu64, _Calibration(x, batch_size, self.device), in_range=self.data.in_range, zeta=zeta,
                        dtype=torch.float64)
 
-    def lineage(self) -> dict:
-        """Input identity recorded in model files (deterministic: checksums, never run ids)."""
-        return {"experiment": self.name, "dataset": self.params.dataset, "data_sha256": self.data.meta["sha256"]}
+    def lineage(self) -> dict[str, str]:
+        """Input identity recorded in model files and results (deterministic: checksums, never run ids)."""
+        return {"experiment": self.name, "dataset": self.params.dataset,
+                "data_sha256": lineage_digest(self.data.meta["sha256"])}
 
     def tags(self, role: str) -> dict[str, str]:
         return {"role": role, "dataset": self.params.dataset, "model": self.params.model.name,
@@ -199,17 +201,16 @@ class Experiment:
         runs without a reference, so the pretrain outputs are logged again as a run tagged restored.
         """
         paths = self.paths
-        metrics = read_json(paths.metrics("pretrain"))
+        result = PretrainResult.read(paths.metrics("pretrain"), self.name)
         run_id = self.tracker.find_reference(pretrain_hash)
         if run_id is None:
             tags = self.tags(REFERENCE) | {"params_hash": pretrain_hash,
                                            "restored_from": str(paths.metrics("pretrain"))}
             with self.tracker.run(f"pretrain@{self.name}", self.stage_params("pretrain"), tags) as mlrun:
-                mlrun.log_metrics({f"final.{k}": v for k, v in metrics.items()})
+                mlrun.log_metrics({f"final.{k}": v for k, v in result.metrics().items()})
                 mlrun.log_artifact(paths.relu, "model")
             run_id = mlrun.run_id
-        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        return Reference(run_id, numbers)
+        return Reference(run_id, result)
 
 
 def link_reference(mlrun: StageRun, reference: Reference, values: dict[str, float]) -> dict[str, float]:

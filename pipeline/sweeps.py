@@ -51,8 +51,9 @@ from ttfs.train import TensorBatches
 
 from . import checkpoint
 from . import params as P
-from .artifacts import Paths, write_csv, write_json
+from .artifacts import Paths, write_csv
 from .params import SweepParams
+from .results import SweepResult
 from .training import fit
 
 KINDS = ("jitter", "time_steps", "weight_bits", "latency_factor")
@@ -501,9 +502,10 @@ def output_files(paths: Paths) -> list[Path]:
     return [paths.metrics("sweep")] + [paths.plot(f"{PLOT_NAME[k]}.{ext}") for k in KINDS for ext in ("csv", "png")]
 
 
-def write_outputs(paths: Paths, name: str, result: dict) -> None:
-    """metrics/<exp>/sweep.json, plots/<exp>/sweep_*.csv (dvc plots) and sweep_*.png."""
-    write_json(paths.metrics("sweep"), result)
+def write_outputs(paths: Paths, name: str, result: dict, params_hash: str, lineage: dict[str, str]) -> None:
+    """metrics/<exp>/sweep.json (a SweepResult), plots/<exp>/sweep_*.csv (dvc plots) and sweep_*.png."""
+    SweepResult.model_validate({**result, "params_hash": params_hash, "lineage": lineage}).write(
+        paths.metrics("sweep"))
     for kind in KINDS:
         write_csv(paths.plot(f"{PLOT_NAME[kind]}.csv"), rows_for(result, kind), csv_columns(kind))
         plot_kind(paths.plot(f"{PLOT_NAME[kind]}.png"), kind, result, f"{name}: {kind.replace('_', ' ')}")

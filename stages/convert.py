@@ -12,8 +12,10 @@ import sys
 
 import torch
 
-from pipeline.artifacts import load_relu, save_snn, write_json
+from pipeline import params as P
+from pipeline.artifacts import load_relu, save_snn
 from pipeline.errors import ConversionError
+from pipeline.results import ConvertResult
 from pipeline.runner import Context, link_reference, stage
 from ttfs.metrics import compare_to_relu
 
@@ -31,24 +33,17 @@ def main(ctx: Context) -> None:
     snn = copy.deepcopy(snn64).to(exp.dtype)
     working = compare_to_relu(relu.to(exp.device, exp.dtype), snn,
                               exp.batches("test", p.batch_size, shuffle=False), split="test")
-    metrics = {
-        "agreement": exact["agreement"],
-        "max_abs_logit_diff": exact["max_abs_logit_diff"],
-        "max_rel_logit_diff": exact["max_rel_logit_diff"],
-        "causality_violations": exact["causality_violations"],
-        "relu_accuracy": exact["relu_accuracy"],
-        "snn_accuracy": exact["snn_accuracy"],
-        "spikes_per_neuron": exact["spikes_per_neuron"],
-        "latency": exact["latency"],
-        "clipped_inputs": exact["clipped_inputs"],
-        "windows": [float(d) for d in snn64.deltas.tolist()],
-        exp.params.dtype: {k: working[k] for k in ("agreement", "max_abs_logit_diff", "max_rel_logit_diff",
-                                                   "snn_accuracy")},
-    }
-    write_json(paths.metrics("convert"), metrics)
+    result = ConvertResult(
+        params_hash=P.params_hash(exp.stage_params("convert")), lineage=lineage,
+        **{k: exact[k] for k in ("agreement", "max_abs_logit_diff", "max_rel_logit_diff", "causality_violations",
+                                 "relu_accuracy", "snn_accuracy", "spikes_per_neuron", "latency", "clipped_inputs")},
+        windows=snn64.deltas.tolist(),
+        **{exp.params.dtype: {k: working[k] for k in ("agreement", "max_abs_logit_diff", "max_rel_logit_diff",
+                                                      "snn_accuracy")}})
+    result.write(paths.metrics("convert"))
     with exp.track("convert", "snn") as mlrun:
         reference = exp.reference(lineage["pretrain_params_hash"])
-        mlrun.log_metrics(metrics)
+        mlrun.log_metrics(result.metrics())
         link_reference(mlrun, reference, {"test_accuracy": exact["snn_accuracy"]})
         rel = exact["max_rel_logit_diff"]
         if exact["agreement"] < 1.0 or rel is None or rel > p.rel_tolerance:

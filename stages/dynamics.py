@@ -9,7 +9,6 @@ every record of the training curves as metrics with their step, the final metric
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from pipeline.artifacts import prepared_dir
 from pipeline.data import load_prepared
 from pipeline.dynamics import PLOTS, run_dynamics
 from pipeline.errors import ParamsError
+from pipeline.results import DynamicsResult, lineage_digest
 from pipeline.runner import Context, stage
 from pipeline.tracking import Tracker
 
@@ -39,8 +39,10 @@ def main(ctx: Context) -> dict:
     with Tracker(SECTION).run(SECTION, stage_params, tags) as mlrun:
         metrics = run_dynamics(config, data.train_x, data.train_y, data.test_x, data.test_y, PLOT_DIR,
                                log=mlrun.log_metrics, in_range=data.in_range)
-        METRICS.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(PLOT_DIR / "metrics.json", METRICS)
+        (PLOT_DIR / "metrics.json").unlink()
+        lineage = {"dataset": dataset, "data_sha256": lineage_digest(data.meta["sha256"])}
+        DynamicsResult.model_validate({**metrics, "params_hash": tags["params_hash"], "lineage": lineage}).write(
+            METRICS)
         mlrun.log_metrics({"final": metrics["networks"], "init_spectra": metrics["init_spectra"]},
                           step=config.epochs * metrics["config"]["steps_per_epoch"])
         mlrun.set_tags({f"diverged.{k}": v["diverged"] for k, v in metrics["networks"].items()})

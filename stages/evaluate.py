@@ -7,8 +7,10 @@ import sys
 
 import torch
 
+from pipeline import params as P
 from pipeline import plots
-from pipeline.artifacts import load_relu, load_snn, write_csv, write_json
+from pipeline.artifacts import load_relu, load_snn, write_csv
+from pipeline.results import EvaluateResult
 from pipeline.runner import Context, link_reference, stage
 from ttfs import SNN, to_relu
 from ttfs.metrics import compare_to_relu, energy_estimate, macs, spike_statistics
@@ -65,6 +67,8 @@ def main(ctx: Context) -> None:
     energy = energy_estimate(stats, cost, first_layer_spiking=p.first_layer_spiking)
     edges, counts, raster, boundaries = spike_time_distribution(snn, test, p.histogram_bins, p.raster_samples)
     metrics = {
+        "params_hash": P.params_hash(exp.stage_params("evaluate")),
+        "lineage": lineage,
         "relu_accuracy": vs_reference["relu_accuracy"],
         "snn_accuracy": vs_reference["snn_accuracy"],
         "delta_accuracy": vs_reference["snn_accuracy"] - vs_reference["relu_accuracy"],
@@ -84,7 +88,8 @@ def main(ctx: Context) -> None:
         "latency": stats["latency"],
         "test_samples": stats["samples"],
     }
-    write_json(paths.metrics("evaluate"), metrics)
+    result = EvaluateResult.model_validate(metrics)
+    result.write(paths.metrics("evaluate"))
     layer_rows = [{"layer": n, "spikes_per_neuron": v, "synops_per_sample": s}
                   for n, (v, s) in enumerate(zip(stats["spikes_per_neuron_per_layer"], stats["synops_per_layer"],
                                                  strict=True), start=1)]
@@ -100,7 +105,7 @@ def main(ctx: Context) -> None:
     plots.raster(paths.plot("raster.png"), raster, boundaries, f"{name}: spike raster, first test sample(s)")
     with exp.track("evaluate", "snn") as mlrun:
         reference = exp.reference(lineage["pretrain_params_hash"])
-        mlrun.log_metrics(metrics)
+        mlrun.log_metrics(result.metrics())
         link_reference(mlrun, reference, {"test_accuracy": metrics["snn_accuracy"]})
         for png in ("spikes_per_layer.png", "spike_times.png", "raster.png"):
             mlrun.log_artifact(paths.plot(png), "plots")

@@ -11,8 +11,9 @@ import sys
 
 from pipeline import checkpoint, plots
 from pipeline import params as P
-from pipeline.artifacts import load_snn, save_snn, write_csv, write_json
+from pipeline.artifacts import load_snn, save_snn, write_csv
 from pipeline.data import sha256_file
+from pipeline.results import FinetuneResult
 from pipeline.runner import Context, link_reference, stage
 from pipeline.tracking import project_root
 from pipeline.training import CURVE_COLUMNS, fit
@@ -44,18 +45,21 @@ def main(ctx: Context) -> None:
         reference = exp.reference(lineage["pretrain_params_hash"])
         history = fit(snn, train, val, p, ckpt, state, mlrun, f"finetune {name}", exp.params.seed)
         final = evaluate(snn, test)
+        val_final = evaluate(snn, val) if len(val.labels) else {"accuracy": None, "loss": None}
         exactness = compare_to_relu(to_relu(snn), snn, test, split="test")
-        metrics = {"test_accuracy": final["accuracy"], "test_loss": final["loss"], "epochs": len(history),
-                   "mode": p.mode, "equivalent_relu_agreement": exactness["agreement"],
-                   "equivalent_relu_max_rel_logit_diff": exactness["max_rel_logit_diff"],
-                   "causality_violations": exactness["causality_violations"],
-                   "spikes_per_neuron": exactness["spikes_per_neuron"],
-                   "latency": exactness["latency"], "windows": [float(d) for d in snn.deltas.tolist()]}
+        result = FinetuneResult(
+            params_hash=P.params_hash(exp.stage_params("finetune")), lineage=lineage,
+            test_accuracy=final["accuracy"], test_loss=final["loss"], val_accuracy=val_final["accuracy"],
+            val_loss=val_final["loss"], epochs=len(history), mode=p.mode,
+            equivalent_relu_agreement=exactness["agreement"],
+            equivalent_relu_max_rel_logit_diff=exactness["max_rel_logit_diff"],
+            causality_violations=exactness["causality_violations"], spikes_per_neuron=exactness["spikes_per_neuron"],
+            latency=exactness["latency"], windows=snn.deltas.tolist())
         save_snn(paths.snn, snn, lineage)
-        write_json(paths.metrics("finetune"), metrics)
+        result.write(paths.metrics("finetune"))
         write_csv(paths.plot("finetune_curve.csv"), history, CURVE_COLUMNS)
         plots.training_curve(paths.plot("finetune_curve.png"), history, f"{name} SNN ({p.mode})")
-        mlrun.log_metrics({f"final.{k}": v for k, v in metrics.items()}, step=len(history))
+        mlrun.log_metrics({f"final.{k}": v for k, v in result.metrics().items()}, step=len(history))
         link_reference(mlrun, reference, {"test_accuracy": final["accuracy"], "test_loss": final["loss"]})
         mlrun.log_artifact(paths.snn, "model")
         print(f"finetune {name}: test accuracy {final['accuracy']:.4f}", file=sys.stderr)

@@ -9,9 +9,10 @@ import torch
 
 from pipeline import checkpoint, plots
 from pipeline import params as P
-from pipeline.artifacts import save_relu, write_csv, write_json
+from pipeline.artifacts import save_relu, write_csv
 from pipeline.data import sha256_file
 from pipeline.errors import ChecksumError, ParamsError
+from pipeline.results import PretrainResult
 from pipeline.runner import Context, stage
 from pipeline.tracking import REFERENCE, project_root
 from pipeline.training import CURVE_COLUMNS, fit
@@ -49,15 +50,18 @@ def main(ctx: Context) -> None:
             history = fit(model, train, val, p, ckpt, state, mlrun, f"pretrain {name}", exp.params.seed)
         final = evaluate(model, test)
         train_final = evaluate(model, exp.batches("train", p.eval_batch_size, shuffle=False))
-        metrics = {"test_accuracy": final["accuracy"], "test_loss": final["loss"],
-                   "train_accuracy": train_final["accuracy"], "train_loss": train_final["loss"],
-                   "epochs": len(history), "parameters": sum(t.numel() for t in model.parameters())}
+        val_final = evaluate(model, val) if len(val.labels) else {"accuracy": None, "loss": None}
+        result = PretrainResult(
+            params_hash=params_hash, lineage=exp.lineage(), test_accuracy=final["accuracy"], test_loss=final["loss"],
+            train_accuracy=train_final["accuracy"], train_loss=train_final["loss"],
+            val_accuracy=val_final["accuracy"], val_loss=val_final["loss"], epochs=len(history),
+            parameters=sum(t.numel() for t in model.parameters()))
         paths = exp.paths
         save_relu(paths.relu, model, exp.lineage() | {"pretrain_params_hash": params_hash})
-        write_json(paths.metrics("pretrain"), metrics)
+        result.write(paths.metrics("pretrain"))
         write_csv(paths.plot("pretrain_curve.csv"), history, CURVE_COLUMNS)
         plots.training_curve(paths.plot("pretrain_curve.png"), history, f"{name} ReLU")
-        mlrun.log_metrics({f"final.{k}": v for k, v in metrics.items()}, step=len(history))
+        mlrun.log_metrics({f"final.{k}": v for k, v in result.metrics().items()}, step=len(history))
         mlrun.log_artifact(paths.relu, "model")
         print(f"pretrain {name}: test accuracy {final['accuracy']:.4f}", file=sys.stderr)
     checkpoint.remove(ckpt)

@@ -16,11 +16,16 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline import params as P
-from pipeline.errors import ArtifactError
 from pipeline.report import DEFAULT_MAX_INLINE_BYTES, build_report
+from pipeline.runner import Context, stage
+from pipeline.tracking import tracking_uri
 
-EXIT_FAILED, EXIT_PARAMS = 1, 2  # as every stage (pipeline.stage)
+
+def _arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--out", default="reports", help="output directory (default: reports)")
+    ap.add_argument("--no-mlflow", action="store_true", help="do not look up MLflow run ids (they read n/a)")
+    ap.add_argument("--max-inline-mb", type=float, default=DEFAULT_MAX_INLINE_BYTES / 1e6,
+                    help="embed figures in the HTML up to this many MB, link the rest (default: %(default)g)")
 
 
 def _write(path: Path, text: str) -> None:
@@ -30,40 +35,22 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    ap.add_argument("--out", default="reports", help="output directory (default: reports)")
-    ap.add_argument("--no-mlflow", action="store_true", help="do not look up MLflow run ids (they read n/a)")
-    ap.add_argument("--max-inline-mb", type=float, default=DEFAULT_MAX_INLINE_BYTES / 1e6,
-                    help="embed figures in the HTML up to this many MB, link the rest (default: %(default)g)")
-    args = ap.parse_args(argv)
+@stage("report", target=None, arguments=_arguments)
+def main(ctx: Context) -> None:
+    """Write the paper-vs-reproduced report of every experiment, as Markdown and self-contained HTML."""
+    args = ctx.args
     # an unreachable tracking server must not stall the report for minutes (MLflow retries 7 times)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-    try:
-        params = P.load(args.params)
-        uri = None
-        if not args.no_mlflow:
-            from pipeline.tracking import tracking_uri  # the repository's store, from DVC's temporary copies too
-
-            uri = tracking_uri()
-        md, page = build_report(params, Path.cwd(), out_dir=args.out, tracking_uri=uri,
-                                lookup_runs=not args.no_mlflow, max_inline_bytes=int(args.max_inline_mb * 1e6))
-    except P.ParamsError as e:
-        print(f"invalid params: {e}", file=sys.stderr)
-        return EXIT_PARAMS
-    except ArtifactError as e:
-        print(f"report failed: {e}", file=sys.stderr)
-        return EXIT_FAILED
+    uri = None if args.no_mlflow else tracking_uri()  # the repository's store, from DVC's temporary copies too
+    md, page = build_report(ctx.params, Path.cwd(), out_dir=args.out, tracking_uri=uri,
+                            lookup_runs=not args.no_mlflow, max_inline_bytes=int(args.max_inline_mb * 1e6))
     out = Path(args.out)
     _write(out / "report.md", md)
     _write(out / "report.html", page)
     absent = md.count("\n> Not run:") + md.count("\n> Plot")
     print(f"report: wrote {out / 'report.md'} and {out / 'report.html'} ({len(page) / 1e6:.1f} MB); "
           f"{absent} absent part(s) noted", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def main(ctx: Context) -> dict:
                                   exp.tags("sweep_setting"))
         result = run_sweep(snn, data, sp, seed=exp.params.seed, device=exp.device, dtype=exp.dtype,
                            state_path=state_path, state=state, recorder=recorder, desc=f"sweep {name}")
-        write_outputs(paths, name, result)
+        write_outputs(paths, name, result, P.params_hash(stage_params), lineage)
         parent.log_metrics(summary_metrics(result))
         for path in output_files(paths):
             parent.log_artifact(path, "sweep")

@@ -171,8 +171,8 @@ def test_round_trips_are_bit_exact(tmp_path, files):
 @pytest.fixture
 def prepared(tmp_path):
     directory = tmp_path / "synthetic"
-    D.prepare("synthetic", SyntheticParams(train_size=32, val_size=8, test_size=16, shape=(1, 8, 8), classes=3), directory,
-              tmp_path / "raw")
+    D.prepare("synthetic", SyntheticParams(train_size=32, val_size=8, test_size=16, shape=(1, 8, 8), classes=3),
+              directory, tmp_path / "raw")
     return directory
 
 

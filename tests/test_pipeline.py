@@ -204,9 +204,12 @@ def test_sigterm_ends_the_stage_with_its_run_killed_and_the_checkpoint_kept(tmp_
                    capture_output=True)
     proc = subprocess.Popen([sys.executable, "-m", "stages.pretrain", "tiny_fc2"], cwd=tmp_path, env=env,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while not list((tmp_path / "checkpoints").glob("tiny_fc2/pretrain-*.pt")) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.2)
+    assert list((tmp_path / "checkpoints").glob("tiny_fc2/pretrain-*.pt")), "no checkpoint within 300 s"
+    time.sleep(0.5)  # well inside the next epoch
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -256,7 +256,8 @@ def test_invalid_param_from_dvc_exp_run_names_the_key(repo):
     try:
         out = repo.run("dvc", "exp", "run", "-S", "experiments.tiny_fc2.evaluate.batch_size=abc", check=False)
         assert out.returncode != 0
-        assert "experiments.tiny_fc2.evaluate.batch_size: input should be a valid integer, unable to parse string as an integer, got 'abc'" in out.stdout + out.stderr
+        assert ("experiments.tiny_fc2.evaluate.batch_size: input should be a valid integer, unable to parse string "
+                "as an integer, got 'abc'") in out.stdout + out.stderr
         repo.restore()
         out = repo.run("dvc", "exp", "run", "-S", "experiments.tiny_fc2.finetune.lr=1e-05")
         assert yaml.safe_load((repo.path / "params.yaml").read_text())["experiments"]["tiny_fc2"]["finetune"][

@@ -29,10 +29,10 @@ def lineage(model: type[R.StageResult], experiment: str = "fmnist_fc2", dataset:
     return {k: full[k] for k in model.lineage_keys}
 
 
-# -- the toy documents (as the stages write them today, without params_hash and lineage) ---------------
+# -- the toy documents (as the stages write them, without params_hash and lineage) ---------------
 
-PRETRAIN = {"test_accuracy": 0.8809, "test_loss": 0.33, "train_accuracy": 0.909, "train_loss": 0.25, "epochs": 6,
-            "parameters": 270310}
+PRETRAIN = {"test_accuracy": 0.8809, "test_loss": 0.33, "train_accuracy": 0.909, "train_loss": 0.25,
+            "val_accuracy": 0.8912, "val_loss": 0.31, "epochs": 6, "parameters": 270310}
 CONVERT = {
     "agreement": 1.0, "max_abs_logit_diff": 1.7763568394002505e-14, "max_rel_logit_diff": 3.46e-16,
     "causality_violations": 0, "relu_accuracy": 0.8809, "snn_accuracy": 0.8809, "spikes_per_neuron": 0.1751,
@@ -40,7 +40,8 @@ CONVERT = {
     "float32": {"agreement": 1.0, "max_abs_logit_diff": 9.5367e-06, "max_rel_logit_diff": 1.86e-07,
                 "snn_accuracy": 0.8809},
 }
-FINETUNE = {"test_accuracy": 0.8905, "test_loss": 0.31, "epochs": 1, "mode": "converted",
+FINETUNE = {"test_accuracy": 0.8905, "test_loss": 0.31, "val_accuracy": 0.8987, "val_loss": 0.29, "epochs": 1,
+            "mode": "converted",
             "equivalent_relu_agreement": 1.0, "equivalent_relu_max_rel_logit_diff": 1.0e-6,
             "causality_violations": 0, "spikes_per_neuron": 0.2026, "latency": 159.92, "windows": [1.0, 158.9]}
 

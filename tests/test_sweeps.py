@@ -15,6 +15,7 @@ from pipeline import params as P
 from pipeline import sweeps
 from pipeline.artifacts import Paths
 from pipeline.data import hold_out, synthetic
+from pipeline.results import SweepResult
 from pipeline.sweeps import KINDS, PLOT_NAME, X_COLUMN, SweepData, run_sweep, setting_key
 from ttfs.train import TensorBatches, train_epoch
 
@@ -107,7 +108,9 @@ def test_outputs_plots_and_csv(swept, tmp_path, monkeypatch):
     result, _ = swept
     monkeypatch.chdir(tmp_path)
     paths = Paths("toy")
-    sweeps.write_outputs(paths, "toy", result)
+    lineage = {"experiment": "toy", "dataset": "synthetic", "data_sha256": "d" * 64, "pretrain_params_hash": "p" * 16}
+    sweeps.write_outputs(paths, "toy", result, "0123456789abcdef", lineage)
+    assert SweepResult.read(paths.metrics("sweep")).lineage == lineage
     assert json.loads(paths.metrics("sweep").read_text())["settings"].keys() == set(KINDS)
     for kind in KINDS:
         rows = list(csv.DictReader(paths.plot(f"{PLOT_NAME[kind]}.csv").open()))
