@@ -216,6 +216,8 @@ class Experiment:
 def link_reference(mlrun: StageRun, reference: Reference, values: dict[str, float]) -> dict[str, float]:
     """Tag the run with its reference ReLU run and log value - reference for every shared metric."""
     deltas = reference.deltas(values)
-    mlrun.set_tags({"reference_run_id": reference.run_id})
+    mlrun.set_tags({"reference_run_id": reference.run_id,
+                    "mlflow.note.content": f"Compared with its reference ReLU network: [run {reference.run_id}]"
+                                           f"(#/experiments/{mlrun.experiment_id}/runs/{reference.run_id})."})
     mlrun.log_metrics(deltas)
     return deltas

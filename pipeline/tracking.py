@@ -22,6 +22,8 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from .params import flatten  # noqa: E402
 
 REFERENCE = "reference"
+# MLflow 3 opens an experiment in its GenAI (traces) view unless it is marked as model development
+EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 _BATCH = 900  # MLflow accepts at most 1000 entries per log_batch
 
 
@@ -63,11 +65,14 @@ class Tracker:
         self.name = experiment
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location(self.uri, experiment))
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location(self.uri, experiment), tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})
         else:
             self.experiment_id = found.experiment_id
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
+            if found.tags.get(EXPERIMENT_KIND) != MODEL_DEVELOPMENT:
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
 
     def find_reference(self, params_hash: str) -> str | None:
         """Id of the latest finished reference (ReLU pretrain) run with these params, if any."""
@@ -116,9 +121,11 @@ class StageRun:
 
     def __init__(self, tracker: Tracker, stage: str, params: dict, tags: dict[str, str], resume: str | None):
         self.client = tracker.client
+        self.experiment_id = tracker.experiment_id
         root = project_root()
         tags = {
-            "git_commit": git_commit(root),
+            "git_commit": (commit := git_commit(root)),
+            "mlflow.source.git.commit": commit,
             "dvc_stage": stage,
             "mlflow.runName": stage + (f" ({os.environ['DVC_EXP_NAME']})" if os.environ.get("DVC_EXP_NAME") else ""),
             "host": socket.gethostname(),

@@ -218,3 +218,23 @@ def test_sigterm_ends_the_stage_with_its_run_killed_and_the_checkpoint_kept(tmp_
     client = tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny_fc2").experiment_id])
     assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_mlflow_runs_open_in_the_training_view_named_and_linked_to_their_reference(tmp_path, monkeypatch):
+    from pipeline.results import PretrainResult
+    from pipeline.runner import Reference, link_reference
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker = tracking.Tracker("views")
+    exp = tracker.client.get_experiment(tracker.experiment_id)
+    assert exp.tags[tracking.EXPERIMENT_KIND] == tracking.MODEL_DEVELOPMENT  # not MLflow 3's GenAI view
+    ref = PretrainResult(params_hash="0" * 16, lineage={"experiment": "views", "dataset": "d", "data_sha256": "s"},
+                         test_accuracy=0.9, test_loss=0.3, train_accuracy=0.95, train_loss=0.2, val_accuracy=0.91,
+                         val_loss=0.29, epochs=1, parameters=10)
+    with tracker.run("finetune@views", {}, {"role": "snn"}) as run:
+        link_reference(run, Reference("abc123", ref), {"test_accuracy": 0.92})
+    got = tracker.client.get_run(run.run_id)
+    assert got.info.run_name == "finetune@views"
+    assert got.data.tags["mlflow.source.git.commit"] == got.data.tags["git_commit"]
+    assert f"#/experiments/{tracker.experiment_id}/runs/abc123" in got.data.tags["mlflow.note.content"]
+    assert got.data.metrics["delta.test_accuracy"] == pytest.approx(0.02)
