@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 import math
+import os
 import reprlib
 import struct
 import zipfile
@@ -41,7 +42,10 @@ META_FILE = "model.json"
 ARRAYS_FILE = "arrays.npz"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "from_dict", "load", "read", "save", "to_dict", "validate"]
+__all__ = [
+    "FORMAT_NAME", "FORMAT_VERSION", "MAX_BYTES", "MAX_JSON_BYTES", "MAX_LAYERS",
+    "from_dict", "load", "read", "save", "to_dict", "validate",
+]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -241,7 +245,7 @@ def save(snn: SNN, path: str | Path) -> Path:
 MAX_BYTES = 4 << 30
 """Default bound on the arrays of one export, and on one sample's activations in any layer (4 GiB,
 three times vgg16_places365 in float64). Sizes are checked from model.json before anything is read."""
-MAX_JSON_BYTES = 16 << 20  # model.json of the largest zoo network is a few kB
+MAX_JSON_BYTES = 1 << 20  # vgg16 needs 22 kB; parsed JSON can take 20 times its size in memory
 MAX_LAYERS = 4096
 _MAX_INT = 2**31 - 1  # bound on integer fields: torch's kernels overflow on larger strides or paddings
 _MAX_DIMS = 32  # NumPy's limit on dimensions (before NumPy 2)
@@ -249,8 +253,8 @@ _NPY_HEADER = 10_000  # NumPy's own limit on a .npy header (max_header_size)
 _MEMBER_SLACK = _NPY_HEADER + 1024  # per array: its .npy header and zip records, name excluded
 _ARCHIVE_SLACK = 1 << 17  # end-of-archive records, comment included
 _CHUNK = 1 << 20
-KINDS = ("dense", "conv2d", "pool", "flatten")
-NEURON_KINDS = ("dense", "conv2d")
+_KINDS = ("dense", "conv2d", "pool", "flatten")
+_NEURON_KINDS = ("dense", "conv2d")
 # what zipfile, zlib and NumPy's header parser raise on a corrupt archive
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError,
                ValueError, OverflowError, struct.error)
@@ -293,11 +297,14 @@ class _Field:
             self.fail(f"expected a JSON object, got {_show(self.value)}")
         return self.value
 
-    def entries(self, length: int | None = None, what: str = "entries") -> list[_Field]:
+    def entries(self, sizes: int | range, what: str) -> list[_Field]:
+        """The list's entries, its length checked first (``sizes``: the allowed lengths, or the one)."""
         if not isinstance(self.value, list):
             self.fail(f"expected a list, got {_show(self.value)}")
-        if length is not None and len(self.value) != length:
-            self.fail(f"expected {length} {what}, got {len(self.value)}")
+        sizes = range(sizes, sizes + 1) if isinstance(sizes, int) else sizes
+        if len(self.value) not in sizes:
+            expected = sizes.start if len(sizes) == 1 else f"{sizes.start} to {sizes.stop - 1}"
+            self.fail(f"expected {expected} {what}, got {len(self.value)}")
         return [_Field(v, f"{self.path}[{i}]") for i, v in enumerate(self.value)]
 
     def integer(self, low: int = 0, high: int = _MAX_INT) -> int:
@@ -327,14 +334,11 @@ class _Field:
     def pair(self, low: int) -> tuple[int, int]:
         if not isinstance(self.value, list) or len(self.value) != 2:
             self.fail(f"expected a pair [h, w] of integers >= {low}, got {_show(self.value)}")
-        h, w = self.entries()
+        h, w = self.entries(2, "entries")
         return h.integer(low), w.integer(low)
 
     def shape(self, max_elements: int) -> tuple[int, ...]:
-        dims = self.entries()
-        if not 1 <= len(dims) <= _MAX_DIMS:
-            self.fail(f"expected 1 to {_MAX_DIMS} dimensions, got {len(dims)}")
-        shape = tuple(d.integer(1) for d in dims)
+        shape = tuple(d.integer(1) for d in self.entries(range(1, _MAX_DIMS + 1), "dimensions"))
         if math.prod(shape) > max_elements:
             self.fail(f"{list(shape)} has {math.prod(shape)} elements, more than max_bytes allows ({max_elements})")
         return shape
@@ -385,23 +389,22 @@ class _Plan:
         self.total = 0
         self.parameterisation = root["parameterisation"].choice(*PARAMETERISATIONS)
         _relative_name(root["arrays_file"])
-        specs = root["layers"].entries()
-        if not 1 <= len(specs) <= MAX_LAYERS:
-            root["layers"].fail(f"expected 1 to {MAX_LAYERS} layers, got {len(specs)}")
-        kinds = [spec["kind"].choice(*KINDS) for spec in specs]
-        if kinds[-1] not in NEURON_KINDS:
+        specs = root["layers"].entries(range(1, MAX_LAYERS + 1), "layers")
+        kinds = [spec["kind"].choice(*_KINDS) for spec in specs]
+        if kinds[-1] not in _NEURON_KINDS:
             root["layers"].fail("the last layer must be the readout (dense or conv2d)")
-        n = sum(kind in NEURON_KINDS for kind in kinds)
+        n = sum(kind in _NEURON_KINDS for kind in kinds)
         if root["n_neuron_layers"].integer() != n:
             root["n_neuron_layers"].fail(f"is {root['n_neuron_layers'].value}, the layers hold {n} neuron layers")
         self._windows(root["windows"], n)
         shape = self._input(root["input"])
         neuron = 0
         for i, (spec, kind) in enumerate(zip(specs, kinds, strict=True)):
-            neuron += kind in NEURON_KINDS
+            neuron += kind in _NEURON_KINDS
             shape = self._layer(spec, kind, i, shape, neuron, i == len(specs) - 1)
 
     def _windows(self, windows: _Field, n: int) -> None:
+        """Positive widths in the dtype, and boundaries, t_read and latency that follow from them."""
         t_start = windows["t_start"].number(self.limit)
         self.deltas = []
         for delta in windows["deltas"].entries(n, "window widths (one per neuron layer)"):
@@ -426,6 +429,7 @@ class _Plan:
             windows["latency"].fail(f"is {latency!r}, the window widths sum to {sum(self.deltas)!r}")
 
     def _input(self, inp: _Field) -> tuple[int, ...]:
+        """The input shape; a range q > p that stays one in the network's dtype (else x = 0 / 0)."""
         shape = inp["in_shape"].shape(self.max_elements)
         p, q = (self._range(inp[key], shape[0]) for key in ("p", "q"))
         if isinstance(p, list) != isinstance(q, list):
@@ -459,13 +463,15 @@ class _Plan:
             for sign in spec["sign"].entries(in_shape[0], "signs (one per channel, +1 or -1)"):
                 if sign.integer(-1, 1) == 0:
                     sign.fail("expected +1 or -1, got 0")
-        elif kind in NEURON_KINDS:
+        elif kind in _NEURON_KINDS:
             self._neuron(spec, kind, n, readout, in_shape, out_shape)
         return out_shape
 
     def _neuron(
         self, spec: _Field, kind: str, n: int, readout: bool, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
     ) -> None:
+        """Fields the network is built from or that a simulator reads (drive, windows, regions), and the
+        arrays of the layer with the shapes its geometry implies."""
         if spec["neuron_layer"].integer() != n:
             spec["neuron_layer"].fail(f"is {spec['neuron_layer'].value}, the layer is neuron layer {n}")
         if spec["role"].choice("hidden", "readout") != ("readout" if readout else "hidden"):
@@ -503,6 +509,7 @@ class _Plan:
         self._add(spec["B"], out_shape)
 
     def _add(self, field: _Field, shape: tuple[int, ...], dtype: np.dtype | None = None) -> None:
+        """Expect the array ``field`` names, within the byte budget (so nothing huge is ever read)."""
         name = field.name()
         if name in self.arrays:
             field.fail(f"array {_show(name)} is already {self.arrays[name].field}; each array has one field")
@@ -581,11 +588,12 @@ def _inside(directory: Path, name: str, field: str) -> Path:
 
 
 def _read_json(directory: Path) -> Any:
+    """model.json, bounded in size; too deep a nesting is invalid JSON, not a RecursionError."""
     file = _inside(directory, META_FILE, META_FILE)
     if not file.is_file():
         raise FileNotFoundError(f"no exported SNN at {directory}: {META_FILE} is missing")
-    with open(file, "rb") as f:
-        raw = f.read(MAX_JSON_BYTES + 1)
+    with open(file, "rb") as f:  # read(n) allocates n bytes up front: ask for what the file holds
+        raw = f.read(min(os.fstat(f.fileno()).st_size, MAX_JSON_BYTES) + 1)
     if len(raw) > MAX_JSON_BYTES:
         raise ValueError(f"{file} is larger than {MAX_JSON_BYTES} bytes")
     try:
@@ -616,6 +624,7 @@ def _read_npz(file: Path, expected: dict[str, _Expected]) -> dict[str, np.ndarra
 def _read_member(
     archive: zipfile.ZipFile, info: zipfile.ZipInfo | None, name: str, expected: _Expected
 ) -> np.ndarray:
+    """One array: sizes from the zip directory, then the .npy header, then (only then) the data."""
     where = f"{expected.field}: array {_show(name)}"
     if info is None:
         raise ValueError(f"{where} is missing from {Path(archive.filename or ARRAYS_FILE).name}")
@@ -697,7 +706,7 @@ def _check_values(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> Non
     """Array contents, once shapes and dtypes are right: finite, region maps in range, thresholds that
     agree with the raw biases."""
     for i, spec in enumerate(meta["layers"]):
-        if spec["kind"] not in NEURON_KINDS:
+        if spec["kind"] not in _NEURON_KINDS:
             continue
         for key in ("weight", "bias", "theta", "B"):
             bad = np.count_nonzero(~np.isfinite(arrays[spec[key]]))
@@ -758,6 +767,7 @@ def _build(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> SNN:
 
 
 def _module(spec: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> nn.Module:
+    """The layer of a validated spec, parameters not yet set."""
     kind = spec["kind"]
     if kind == "dense":
         return SpikingLinear(spec["in_shape"][0], spec["out_shape"][0], spec["parameterisation"], spec["alpha"])
