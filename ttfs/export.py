@@ -15,18 +15,25 @@ SPEC 2.3 (drive A, slope B, threshold theta, window boundaries) besides the raw 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
+import os
+import reprlib
+import struct
 import zipfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NoReturn
 
 import numpy as np
 import torch
 from torch import nn
 
-from .layers import InputEncoder, MinTimePool2d, SpikingConv2d, SpikingLinear, SpikingNeurons
+from .layers import PARAMETERISATIONS, InputEncoder, MinTimePool2d, SpikingConv2d, SpikingLinear, SpikingNeurons
 from .network import SNN
 
 FORMAT_NAME = "ttfs-snn"
@@ -35,7 +42,10 @@ META_FILE = "model.json"
 ARRAYS_FILE = "arrays.npz"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "from_dict", "load", "read", "save", "to_dict", "validate"]
+__all__ = [
+    "FORMAT_NAME", "FORMAT_VERSION", "MAX_BYTES", "MAX_JSON_BYTES", "MAX_LAYERS",
+    "from_dict", "load", "read", "save", "to_dict", "validate",
+]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,205 +240,487 @@ def save(snn: SNN, path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------
-# import
+# import: nothing in the files (or passed to from_dict) is trusted
 # ---------------------------------------------------------------------------------------------------
-def load(path: str | Path) -> SNN:
-    """Rebuild the :class:`ttfs.SNN` written by :func:`save` (same layers, parameters, windows, dtype).
-
-    Raises FileNotFoundError if the directory or one of its two files is missing, and ValueError naming
-    the problem for a malformed file (bad JSON, other format or version, missing field or array, wrong
-    array shape, inconsistent thresholds).
-    """
-    meta, arrays = read(path)
-    return from_dict(meta, arrays)
-
-
-def read(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read and validate (metadata, arrays) from an export directory without building an SNN."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"no exported SNN at {path}: not a directory")
-    meta_file = path / META_FILE
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"no exported SNN at {path}: {META_FILE} is missing")
-    try:
-        with open(meta_file, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{meta_file} is not valid JSON: {e}") from e
-    _check_header(meta, str(meta_file))
-    arrays_file = path / _field(meta, "arrays_file", "the top level")
-    if not arrays_file.is_file():
-        raise FileNotFoundError(f"exported SNN at {path}: array file {arrays_file.name} is missing")
-    try:
-        with np.load(arrays_file, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{arrays_file} is not a readable .npz archive: {e}") from e
-    validate(meta, arrays)
-    return meta, arrays
+MAX_BYTES = 4 << 30
+"""Default bound on the arrays of one export, and on one sample's activations in any layer (4 GiB,
+three times vgg16_places365 in float64). Sizes are checked from model.json before anything is read."""
+MAX_JSON_BYTES = 1 << 20  # vgg16 needs 22 kB; parsed JSON can take 20 times its size in memory
+MAX_LAYERS = 4096
+_MAX_INT = 2**31 - 1  # bound on integer fields: torch's kernels overflow on larger strides or paddings
+_MAX_DIMS = 32  # NumPy's limit on dimensions (before NumPy 2)
+_NPY_HEADER = 10_000  # NumPy's own limit on a .npy header (max_header_size)
+_MEMBER_SLACK = _NPY_HEADER + 1024  # per array: its .npy header and zip records, name excluded
+_ARCHIVE_SLACK = 1 << 17  # end-of-archive records, comment included
+_CHUNK = 1 << 20
+_KINDS = ("dense", "conv2d", "pool", "flatten")
+_NEURON_KINDS = ("dense", "conv2d")
+# what zipfile, zlib and NumPy's header parser raise on a corrupt archive
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError,
+               ValueError, OverflowError, struct.error)
 
 
-def _check_header(meta: Any, where: str = "model.json") -> None:
-    if not isinstance(meta, dict):
-        raise ValueError(f"{where}: expected a JSON object at the top level, got {type(meta).__name__}")
-    fmt = meta.get("format")
-    if fmt != FORMAT_NAME:
-        raise ValueError(f"{where}: format is {fmt!r}, expected {FORMAT_NAME!r}")
-    version = meta.get("version")
-    if version != FORMAT_VERSION:
-        raise ValueError(
-            f"{where}: unsupported format version {version!r} (this reader supports version {FORMAT_VERSION})"
-        )
+class _Short(reprlib.Repr):
+    """repr() for error messages: short whatever the value (deeply nested, a huge int, a long string)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother = 3, 60, 60
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 64:  # repr() of an int beyond 4300 digits raises
+            return f"<{x.bit_length()}-bit integer>"
+        return super().repr_int(x, level)
 
 
-def _field(d: Mapping[str, Any], key: str, where: str) -> Any:
-    if not isinstance(d, Mapping) or key not in d:
-        raise ValueError(f"model.json: field {key!r} is missing in {where}")
-    return d[key]
+_show = _Short().repr
 
 
-def _array(
-    arrays: Mapping[str, np.ndarray],
-    name: Any,
-    what: str,
-    shape: tuple[int, ...] | None = None,
-    integer: bool = False,
-) -> np.ndarray:
-    if not isinstance(name, str) or name not in arrays:
-        raise ValueError(f"array {name!r} ({what}) is missing from {ARRAYS_FILE}")
-    a = np.asarray(arrays[name])
-    if shape is not None and tuple(a.shape) != tuple(shape):
-        raise ValueError(f"array {name!r} ({what}) has shape {tuple(a.shape)}, expected {tuple(shape)}")
-    kind = "iu" if integer else "f"
-    if a.dtype.kind not in kind:
-        raise ValueError(
-            f"array {name!r} ({what}) has dtype {a.dtype}, expected {'integer' if integer else 'float'}"
-        )
-    return a
+class _Field:
+    """A value of model.json and its path (``layers[2].kernel``), so that every error names the field."""
+
+    def __init__(self, value: Any, path: str = "") -> None:
+        self.value = value
+        self.path = path
+
+    def fail(self, problem: str) -> NoReturn:
+        raise ValueError(f"{self.path or 'model.json'}: {problem}")
+
+    def __getitem__(self, key: str) -> _Field:
+        path = f"{self.path}.{key}" if self.path else key
+        if key not in self.mapping():
+            raise ValueError(f"{path}: field is missing")
+        return _Field(self.value[key], path)
+
+    def mapping(self) -> Mapping[str, Any]:
+        if not isinstance(self.value, Mapping):
+            self.fail(f"expected a JSON object, got {_show(self.value)}")
+        return self.value
+
+    def entries(self, sizes: int | range, what: str) -> list[_Field]:
+        """The list's entries, its length checked first (``sizes``: the allowed lengths, or the one)."""
+        if not isinstance(self.value, list):
+            self.fail(f"expected a list, got {_show(self.value)}")
+        sizes = range(sizes, sizes + 1) if isinstance(sizes, int) else sizes
+        if len(self.value) not in sizes:
+            expected = sizes.start if len(sizes) == 1 else f"{sizes.start} to {sizes.stop - 1}"
+            self.fail(f"expected {expected} {what}, got {len(self.value)}")
+        return [_Field(v, f"{self.path}[{i}]") for i, v in enumerate(self.value)]
+
+    def integer(self, low: int = 0, high: int = _MAX_INT) -> int:
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            self.fail(f"expected an integer in [{low}, {high}], got {_show(v)}")
+        return v
+
+    def number(self, limit: float) -> float:
+        """A finite number of magnitude at most ``limit``, the largest float of the export's dtype."""
+        v = self.value
+        # compared, not converted: float() of a huge int overflows, and NaN fails every comparison
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not -limit <= v <= limit:
+            self.fail(f"expected a finite number of magnitude at most {limit:.6g}, got {_show(v)}")
+        return float(v)
+
+    def choice(self, *options: str) -> str:
+        if not isinstance(self.value, str) or self.value not in options:
+            self.fail(f"expected one of {', '.join(options)}, got {_show(self.value)}")
+        return self.value
+
+    def name(self) -> str:
+        if not isinstance(self.value, str) or not self.value:
+            self.fail(f"expected the name of an array, got {_show(self.value)}")
+        return self.value
+
+    def pair(self, low: int) -> tuple[int, int]:
+        if not isinstance(self.value, list) or len(self.value) != 2:
+            self.fail(f"expected a pair [h, w] of integers >= {low}, got {_show(self.value)}")
+        h, w = self.entries(2, "entries")
+        return h.integer(low), w.integer(low)
+
+    def shape(self, max_elements: int) -> tuple[int, ...]:
+        shape = tuple(d.integer(1) for d in self.entries(range(1, _MAX_DIMS + 1), "dimensions"))
+        if math.prod(shape) > max_elements:
+            self.fail(f"{list(shape)} has {math.prod(shape)} elements, more than max_bytes allows ({max_elements})")
+        return shape
+
+    def derived(self, expected: float | None, limit: float, source: str) -> None:
+        """A copy of a window time: null where ``expected`` is None, else equal to it."""
+        if expected is None:
+            if self.value is not None:
+                self.fail(f"expected null, got {_show(self.value)}")
+            return
+        value = self.number(limit)
+        if not math.isclose(value, expected, rel_tol=1e-12, abs_tol=1e-12):
+            self.fail(f"is {value!r}, {source} gives {expected!r}")
 
 
-def validate(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-    """Check that metadata and arrays form a consistent version-1 export; raise ValueError otherwise."""
-    _check_header(meta)
-    dtype = _field(meta, "dtype", "the top level")
-    if dtype not in DTYPES:
-        raise ValueError(f"model.json: dtype {dtype!r} is not one of {sorted(DTYPES)}")
-    inp = _field(meta, "input", "the top level")
-    shape = tuple(_field(inp, "in_shape", "input"))
-    for key in ("p", "q", "t_min", "t_max", "delta"):
-        _field(inp, key, "input")
-    windows = _field(meta, "windows", "the top level")
-    deltas = _field(windows, "deltas", "windows")
-    boundaries = _field(windows, "boundaries", "windows")
-    _field(windows, "t_start", "windows")
-    layers = _field(meta, "layers", "the top level")
-    if not isinstance(layers, list) or not layers:
-        raise ValueError("model.json: 'layers' must be a non-empty list")
-    n_neuron = sum(1 for s in layers if isinstance(s, dict) and s.get("kind") in ("dense", "conv2d"))
-    if len(deltas) != n_neuron or len(boundaries) != n_neuron + 1:
-        raise ValueError(
-            f"model.json: {n_neuron} neuron layers need {n_neuron} window widths and {n_neuron + 1} "
-            f"boundaries, got {len(deltas)} and {len(boundaries)}"
-        )
-    n = 0
-    for i, spec in enumerate(layers):
-        where = f"layer {i}"
-        kind = _field(spec, "kind", where)
-        in_shape = tuple(_field(spec, "in_shape", where))
+@dataclass(frozen=True)
+class _Expected:
+    """An array model.json refers to: the field naming it, and the shape and dtype it implies."""
+
+    field: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+class _Plan:
+    """A checked model.json: every field typed and in range, geometry and windows consistent, and the
+    arrays it implies (``arrays``: name -> expected shape and dtype), all before any array is read."""
+
+    def __init__(self, meta: Any, max_bytes: int) -> None:
+        root = _Field(meta)
+        root.mapping()
+        fmt, version = root["format"].value, root["version"].value
+        if not isinstance(fmt, str) or fmt != FORMAT_NAME:
+            root["format"].fail(f"is {_show(fmt)}, expected {FORMAT_NAME!r}")
+        if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
+            root["version"].fail(
+                f"unsupported format version {_show(version)} (this reader supports version {FORMAT_VERSION})"
+            )
+        self.dtype = np.dtype(root["dtype"].choice(*DTYPES))
+        self.limit = float(np.finfo(self.dtype).max)
+        self.max_bytes = max_bytes
+        self.max_elements = max_bytes // self.dtype.itemsize
+        self.arrays: dict[str, _Expected] = {}
+        self.total = 0
+        self.parameterisation = root["parameterisation"].choice(*PARAMETERISATIONS)
+        _relative_name(root["arrays_file"])
+        specs = root["layers"].entries(range(1, MAX_LAYERS + 1), "layers")
+        kinds = [spec["kind"].choice(*_KINDS) for spec in specs]
+        if kinds[-1] not in _NEURON_KINDS:
+            root["layers"].fail("the last layer must be the readout (dense or conv2d)")
+        n = sum(kind in _NEURON_KINDS for kind in kinds)
+        if root["n_neuron_layers"].integer() != n:
+            root["n_neuron_layers"].fail(f"is {root['n_neuron_layers'].value}, the layers hold {n} neuron layers")
+        self._windows(root["windows"], n)
+        shape = self._input(root["input"])
+        neuron = 0
+        for i, (spec, kind) in enumerate(zip(specs, kinds, strict=True)):
+            neuron += kind in _NEURON_KINDS
+            shape = self._layer(spec, kind, i, shape, neuron, i == len(specs) - 1)
+
+    def _windows(self, windows: _Field, n: int) -> None:
+        """Positive widths in the dtype, and boundaries, t_read and latency that follow from them."""
+        t_start = windows["t_start"].number(self.limit)
+        self.deltas = []
+        for delta in windows["deltas"].entries(n, "window widths (one per neuron layer)"):
+            value = delta.number(self.limit)
+            if not self.dtype.type(value) > 0:
+                delta.fail(f"window widths must be positive in {self.dtype}, got {value!r}")
+            self.deltas.append(value)
+        # the exported boundaries are sums in the network's dtype: allow their rounding, nothing more
+        tol = 4 * (n + 1) * float(np.finfo(self.dtype).eps) * (abs(t_start) + sum(self.deltas))
+        expected = list(itertools.accumulate(self.deltas, initial=t_start))
+        self.boundaries = []
+        for field, sum_ in zip(windows["boundaries"].entries(n + 1, "boundaries"), expected, strict=True):
+            value = field.number(self.limit)
+            if not abs(sum_) <= self.limit:
+                field.fail(f"t_start + the window widths overflow {self.dtype}")
+            if abs(value - sum_) > tol:
+                field.fail(f"is {value!r}, t_start + the window widths give {sum_!r}")
+            self.boundaries.append(value)
+        windows["t_read"].derived(self.boundaries[-1], self.limit, "the last boundary")
+        latency = windows["latency"].number(self.limit)
+        if abs(latency - sum(self.deltas)) > tol:
+            windows["latency"].fail(f"is {latency!r}, the window widths sum to {sum(self.deltas)!r}")
+
+    def _input(self, inp: _Field) -> tuple[int, ...]:
+        """The input shape; a range q > p that stays one in the network's dtype (else x = 0 / 0)."""
+        shape = inp["in_shape"].shape(self.max_elements)
+        p, q = (self._range(inp[key], shape[0]) for key in ("p", "q"))
+        if isinstance(p, list) != isinstance(q, list):
+            inp["q"].fail("p and q must both be numbers or both be per-channel lists")
+        if not np.all(np.asarray(q, self.dtype) > np.asarray(p, self.dtype)):
+            inp["q"].fail(f"must exceed p in {self.dtype}, got p={_show(p)}, q={_show(q)}")
+        inp["t_min"].derived(self.boundaries[0], self.limit, "windows.t_start")
+        inp["t_max"].derived(self.boundaries[1], self.limit, "windows.boundaries[1]")
+        inp["delta"].derived(self.deltas[0], self.limit, "windows.deltas[0]")
+        return shape
+
+    def _range(self, field: _Field, channels: int) -> float | list[float]:
+        if isinstance(field.value, list):
+            return [v.number(self.limit) for v in field.entries(channels, "values (one per input channel)")]
+        return field.number(self.limit)
+
+    def _layer(
+        self, spec: _Field, kind: str, i: int, shape: tuple[int, ...], n: int, readout: bool
+    ) -> tuple[int, ...]:
+        """Check layer ``i`` (neuron layer ``n`` if it has neurons) fed by ``shape``; its output shape."""
+        if spec["index"].integer() != i:
+            spec["index"].fail(f"is {spec['index'].value}, the layer is at position {i}")
+        in_shape = spec["in_shape"].shape(self.max_elements)
         if in_shape != shape:
-            raise ValueError(
-                f"model.json: {where} has in_shape {list(in_shape)}, the previous layer gives {list(shape)}"
-            )
-        out_shape = tuple(_field(spec, "out_shape", where))
-        expected = _output_shape(spec, kind, in_shape, where)
-        if expected is not None and out_shape != expected:
-            raise ValueError(
-                f"model.json: {where} has out_shape {list(out_shape)}, its geometry gives {list(expected)}"
-            )
-        if kind in ("dense", "conv2d"):
-            n += 1
-            for key in (
-                "role",
-                "parameterisation",
-                "alpha",
-                "A",
-                "regions",
-                "t_min_in",
-                "t_min",
-                "t_max",
-                "delta",
-            ):
-                _field(spec, key, where)
-            window = [boundaries[n - 1], boundaries[n], boundaries[n + 1] if n < n_neuron else None]
-            for key, value in zip(("t_min_in", "t_min", "t_max"), window, strict=True):
-                if (value is None) != (spec[key] is None) or (
-                    value is not None and not math.isclose(spec[key], value, rel_tol=1e-12, abs_tol=1e-12)
-                ):
-                    raise ValueError(f"model.json: {where} has {key}={spec[key]}, the windows give {value}")
-            readout = i == len(layers) - 1
-            if spec["role"] != ("readout" if readout else "hidden"):
-                raise ValueError(
-                    f"model.json: {where} has role {spec['role']!r}; only the last layer is the readout"
-                )
-            regions = int(spec["regions"])
-            channels = out_shape[0]
-            if kind == "dense":
-                w_shape: tuple[int, ...] = (out_shape[0], in_shape[0])
-            else:
-                kernel = tuple(_field(spec, "kernel", where))
-                for key in ("stride", "padding"):
-                    _field(spec, key, where)
-                w_shape = (channels, in_shape[0], *kernel)
-            _array(arrays, _field(spec, "weight", where), f"{where} weight", w_shape)
-            bias = _array(arrays, _field(spec, "bias", where), f"{where} bias", (channels, regions))
-            theta = _array(arrays, _field(spec, "theta", where), f"{where} theta", (channels, regions))
-            _array(arrays, _field(spec, "B", where), f"{where} slope B", out_shape)
-            region_name = _field(spec, "region_index", where)
-            if region_name is not None:
-                index = _array(arrays, region_name, f"{where} region_index", out_shape[1:], integer=True)
-                if index.min() < 0 or index.max() != regions - 1:
-                    raise ValueError(f"array {region_name!r}: region indices must cover 0..{regions - 1}")
+            spec["in_shape"].fail(f"is {list(in_shape)}, the previous layer gives {list(shape)}")
+        out_shape = spec["out_shape"].shape(self.max_elements)
+        expected = _geometry(spec, kind, in_shape, out_shape)
+        if out_shape != expected:
+            spec["out_shape"].fail(f"is {list(out_shape)}, the layer's geometry gives {list(expected)}")
+        if kind == "pool":
+            for sign in spec["sign"].entries(in_shape[0], "signs (one per channel, +1 or -1)"):
+                if sign.integer(-1, 1) == 0:
+                    sign.fail("expected +1 or -1, got 0")
+        elif kind in _NEURON_KINDS:
+            self._neuron(spec, kind, n, readout, in_shape, out_shape)
+        return out_shape
+
+    def _neuron(
+        self, spec: _Field, kind: str, n: int, readout: bool, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+    ) -> None:
+        """Fields the network is built from or that a simulator reads (drive, windows, regions), and the
+        arrays of the layer with the shapes its geometry implies."""
+        if spec["neuron_layer"].integer() != n:
+            spec["neuron_layer"].fail(f"is {spec['neuron_layer'].value}, the layer is neuron layer {n}")
+        if spec["role"].choice("hidden", "readout") != ("readout" if readout else "hidden"):
+            spec["role"].fail(f"is {spec['role'].value!r}; the last layer, and only it, is the readout")
+        if spec["parameterisation"].choice(*PARAMETERISATIONS) != self.parameterisation:
+            spec["parameterisation"].fail(f"differs from the network's {self.parameterisation!r}")
+        alpha = spec["alpha"].number(self.limit)
+        drive = 0.0 if self.parameterisation == "b1" else alpha
+        if spec["A"].number(self.limit) != drive:
+            spec["A"].fail(f"is {spec['A'].value!r}, the {self.parameterisation} drive is {drive!r}")
+        b = self.boundaries
+        spec["t_min_in"].derived(b[n - 1], self.limit, f"windows.boundaries[{n - 1}]")
+        spec["t_min"].derived(b[n], self.limit, f"windows.boundaries[{n}]")
+        spec["t_max"].derived(None if readout else b[n + 1], self.limit, f"windows.boundaries[{n + 1}]")
+        spec["delta"].derived(None if readout else self.deltas[n], self.limit, f"windows.deltas[{n}]")
+        spec["t_read"].derived(b[n] if readout else None, self.limit, f"windows.boundaries[{n}]")
+        regions = spec["regions"].integer(1)
+        channels = out_shape[0]
+        index = spec["region_index"]
+        if kind == "dense":
+            if regions != 1:
+                spec["regions"].fail(f"is {regions}; a dense layer has exactly one region")
+            if index.value is not None:
+                index.fail("must be null for a dense layer")
+            weight_shape: tuple[int, ...] = (channels, in_shape[0])
+        else:
+            weight_shape = (channels, in_shape[0], *spec["kernel"].pair(1))
+            if index.value is not None:
+                self._add(index, out_shape[1:], np.dtype(np.int64))
             elif regions != 1:
-                raise ValueError(f"model.json: {where} has {regions} regions but no region_index array")
-            _check_theta(spec, bias, theta, where)
-        elif kind == "pool":
-            for key in ("kernel", "stride"):
-                _field(spec, key, where)
-            sign = _field(spec, "sign", where)
-            if len(sign) != in_shape[0] or any(s not in (1, -1) for s in sign):
-                raise ValueError(f"model.json: {where} needs one sign (+1 or -1) per channel ({in_shape[0]})")
-        elif kind != "flatten":
-            raise ValueError(f"model.json: {where} has unknown kind {kind!r} (dense, conv2d, pool, flatten)")
-        shape = out_shape
-    if layers[-1].get("kind") not in ("dense", "conv2d"):
-        raise ValueError("model.json: the last layer must be the readout (dense or conv2d)")
+                spec["regions"].fail(f"is {regions} but region_index is null")
+        self._add(spec["weight"], weight_shape)
+        self._add(spec["bias"], (channels, regions))
+        self._add(spec["theta"], (channels, regions))
+        self._add(spec["B"], out_shape)
+
+    def _add(self, field: _Field, shape: tuple[int, ...], dtype: np.dtype | None = None) -> None:
+        """Expect the array ``field`` names, within the byte budget (so nothing huge is ever read)."""
+        name = field.name()
+        if name in self.arrays:
+            field.fail(f"array {_show(name)} is already {self.arrays[name].field}; each array has one field")
+        expected = _Expected(field.path, shape, dtype or self.dtype)
+        self.total += expected.nbytes
+        if self.total > self.max_bytes:
+            field.fail(f"the arrays up to {_show(name)} {list(shape)} take {self.total} bytes, "
+                       f"more than max_bytes={self.max_bytes}")
+        self.arrays[name] = expected
 
 
-def _output_shape(
-    spec: dict[str, Any], kind: str, in_shape: tuple[int, ...], where: str
-) -> tuple[int, ...] | None:
-    """The output shape implied by a layer's geometry (None for dense: any width is consistent)."""
+def _relative_name(field: _Field) -> None:
+    """``arrays_file`` names a file inside the export directory: no absolute path, no ``..``."""
+    name = field.value
+    if not isinstance(name, str) or not name or "\0" in name or Path(name).is_absolute() or ".." in Path(name).parts:
+        field.fail(f"expected a file name inside the export directory, got {_show(name)}")
+
+
+def _geometry(spec: _Field, kind: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The output shape that a layer's kind and parameters give (a dense layer may have any width)."""
     if kind == "flatten":
         return (math.prod(in_shape),)
     if kind == "dense":
         if len(in_shape) != 1:
-            raise ValueError(
-                f"model.json: {where} is dense but its input has shape {list(in_shape)} (flatten first)"
-            )
-        return None
-    if kind not in ("conv2d", "pool"):
-        return None
+            spec["in_shape"].fail(f"is {list(in_shape)}; a dense layer takes a flat input (flatten first)")
+        return out_shape[:1]
     if len(in_shape) != 3:
-        raise ValueError(f"model.json: {where} ({kind}) needs a (channels, h, w) input, got {list(in_shape)}")
-    kernel = _field(spec, "kernel", where)
-    stride = _field(spec, "stride", where)
-    padding = _field(spec, "padding", where) if kind == "conv2d" else [0, 0]
-    channels = int(_field(spec, "out_shape", where)[0]) if kind == "conv2d" else in_shape[0]
-    size = [
-        (s + 2 * p - k) // st + 1 for s, k, st, p in zip(in_shape[1:], kernel, stride, padding, strict=True)
-    ]
+        spec["in_shape"].fail(f"is {list(in_shape)}; {kind} needs a (channels, height, width) input")
+    kernel, stride = spec["kernel"].pair(1), spec["stride"].pair(1)
+    padding, channels = ((0, 0), in_shape[0]) if kind == "pool" else (spec["padding"].pair(0), out_shape[0])
+    size = ((s + 2 * p - k) // st + 1 for s, k, st, p in zip(in_shape[1:], kernel, stride, padding, strict=True))
     return (channels, *size)
+
+
+def load(path: str | Path, *, max_bytes: int = MAX_BYTES) -> SNN:
+    """Rebuild the :class:`ttfs.SNN` written by :func:`save` (same layers, parameters, windows, dtype).
+
+    Raises FileNotFoundError if the directory or one of its two files is missing, and ValueError naming
+    the field or array for anything malformed (see :func:`read`).
+    """
+    meta, arrays = read(path, max_bytes=max_bytes)
+    return _build(meta, arrays)
+
+
+def read(path: str | Path, *, max_bytes: int = MAX_BYTES) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read and validate (metadata, arrays) from an export directory without building an SNN.
+
+    The files are untrusted: model.json is checked completely first; then the arrays it names are read
+    one by one, each only after its zip entry and .npy header match the shape and dtype the JSON implies
+    (so a zip bomb is refused before it is decompressed), within ``max_bytes`` in all. No file outside
+    the directory is opened. Other members of the archive are not read.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no exported SNN at {path}: not a directory")
+    meta = _read_json(path)
+    plan = _Plan(meta, max_bytes)
+    arrays_file = _inside(path, meta["arrays_file"], "arrays_file")
+    if not arrays_file.is_file():
+        raise FileNotFoundError(f"exported SNN at {path}: array file {meta['arrays_file']} is missing")
+    arrays = _read_npz(arrays_file, plan.arrays)
+    _check_values(meta, arrays)
+    return meta, arrays
+
+
+def _inside(directory: Path, name: str, field: str) -> Path:
+    """``directory / name``, refused (ValueError naming ``field``) if it resolves outside the directory."""
+    try:
+        root = directory.resolve()
+        file = (root / name).resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        raise ValueError(f"{field}: cannot resolve {_show(name)}: {e}") from e
+    if file == root or not file.is_relative_to(root):
+        raise ValueError(f"{field}: {_show(name)} is not a file inside the export directory {directory}")
+    return file
+
+
+def _read_json(directory: Path) -> Any:
+    """model.json, bounded in size; too deep a nesting is invalid JSON, not a RecursionError."""
+    file = _inside(directory, META_FILE, META_FILE)
+    if not file.is_file():
+        raise FileNotFoundError(f"no exported SNN at {directory}: {META_FILE} is missing")
+    with open(file, "rb") as f:  # read(n) allocates n bytes up front: ask for what the file holds
+        raw = f.read(min(os.fstat(f.fileno()).st_size, MAX_JSON_BYTES) + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise ValueError(f"{file} is larger than {MAX_JSON_BYTES} bytes")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"{file} is not valid JSON: {e}") from e
+
+
+def _read_npz(file: Path, expected: dict[str, _Expected]) -> dict[str, np.ndarray]:
+    """The expected arrays, read lazily from the zip archive ``file``, each checked before its data."""
+    # the archive holds those arrays and nothing else: a larger file is junk (or a zip-directory bomb)
+    need = _ARCHIVE_SLACK + sum(e.nbytes + _MEMBER_SLACK + 8 * len(name) for name, e in expected.items())
+    size = file.stat().st_size
+    if size > need:
+        raise ValueError(f"arrays_file: {file.name} has {size} bytes, more than the arrays of {META_FILE} need")
+    with _unreadable(f"arrays_file: {file.name} is not a readable .npz archive"):
+        archive = zipfile.ZipFile(file)
+    with archive:
+        members: dict[str, zipfile.ZipInfo] = {}
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            if name in members:
+                raise ValueError(f"arrays_file: {file.name} holds the array {_show(name)} twice")
+            members[name] = info
+        return {name: _read_member(archive, members.get(name), name, e) for name, e in expected.items()}
+
+
+def _read_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo | None, name: str, expected: _Expected
+) -> np.ndarray:
+    """One array: sizes from the zip directory, then the .npy header, then (only then) the data."""
+    where = f"{expected.field}: array {_show(name)}"
+    if info is None:
+        raise ValueError(f"{where} is missing from {Path(archive.filename or ARRAYS_FILE).name}")
+    # NumPy writes stored or deflated entries; bzip2/lzma inflate without an output bound
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise ValueError(f"{where} uses zip compression method {info.compress_type} (NumPy uses 0 or 8)")
+    if info.file_size > expected.nbytes + _NPY_HEADER:  # from the zip directory, before decompressing
+        raise ValueError(
+            f"{where}: its zip entry unpacks to {info.file_size} bytes, but a {expected.shape} "
+            f"{expected.dtype} array takes {expected.nbytes} (a zip bomb?)"
+        )
+    with _unreadable(f"{where} is unreadable"):
+        f = archive.open(info)
+    with f:
+        with _unreadable(f"{where} is not a readable .npy array"):
+            shape, fortran, dtype = _npy_header(f)
+            offset = f.tell()
+        if shape != expected.shape:
+            raise ValueError(f"{where} has shape {shape}, expected {expected.shape}")
+        if dtype.newbyteorder("=") != expected.dtype:
+            raise ValueError(f"{where} has dtype {dtype}, expected {expected.dtype}")
+        if info.file_size != offset + expected.nbytes:
+            raise ValueError(f"{where}: its zip entry holds {info.file_size} bytes, not {offset + expected.nbytes}")
+        with _unreadable(f"{where} is unreadable"):
+            array = _npy_data(f, shape, fortran, dtype)
+    return array.astype(expected.dtype, copy=False)  # native byte order
+
+
+@contextlib.contextmanager
+def _unreadable(message: str) -> Iterator[None]:
+    """Turn the many errors of a corrupt zip or .npy header into one ValueError with ``message``."""
+    try:
+        yield
+    except _ZIP_ERRORS as e:
+        raise ValueError(f"{message}: {e}") from e
+
+
+def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f, max_header_size=_NPY_HEADER)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f, max_header_size=_NPY_HEADER)
+    raise ValueError(f".npy format version {version} is not supported (1.0 or 2.0)")
+
+
+def _npy_data(f: IO[bytes], shape: tuple[int, ...], fortran: bool, dtype: np.dtype) -> np.ndarray:
+    """The data after a checked header, read in chunks straight into the array (no second copy)."""
+    array = np.empty(shape[::-1] if fortran else shape, dtype)
+    raw = array.reshape(-1).view(np.uint8)
+    for start in range(0, raw.size, _CHUNK):
+        chunk = f.read(min(_CHUNK, raw.size - start))
+        if start + len(chunk) < min(start + _CHUNK, raw.size):
+            raise EOFError(f"the data ends after {start + len(chunk)} of {raw.size} bytes")
+        raw[start : start + len(chunk)] = np.frombuffer(chunk, np.uint8)
+    return array.T if fortran else array
+
+
+def validate(meta: dict[str, Any], arrays: Mapping[str, np.ndarray], *, max_bytes: int = MAX_BYTES) -> None:
+    """Check that metadata and arrays form a consistent version-1 export; raise ValueError otherwise."""
+    plan = _Plan(meta, max_bytes)
+    if not isinstance(arrays, Mapping):
+        raise ValueError(f"arrays: expected a mapping of names to NumPy arrays, got {type(arrays).__name__}")
+    for name, expected in plan.arrays.items():
+        where = f"{expected.field}: array {_show(name)}"
+        if name not in arrays:
+            raise ValueError(f"{where} is missing from the arrays")
+        a = arrays[name]
+        if not isinstance(a, np.ndarray):
+            raise ValueError(f"{where} is a {type(a).__name__}, not a NumPy array")
+        if a.shape != expected.shape:
+            raise ValueError(f"{where} has shape {a.shape}, expected {expected.shape}")
+        if a.dtype != expected.dtype:
+            raise ValueError(f"{where} has dtype {a.dtype}, expected {expected.dtype}")
+    _check_values(meta, arrays)
+
+
+def _check_values(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+    """Array contents, once shapes and dtypes are right: finite, region maps in range, thresholds that
+    agree with the raw biases."""
+    for i, spec in enumerate(meta["layers"]):
+        if spec["kind"] not in _NEURON_KINDS:
+            continue
+        for key in ("weight", "bias", "theta", "B"):
+            bad = np.count_nonzero(~np.isfinite(arrays[spec[key]]))
+            if bad:
+                raise ValueError(f"layers[{i}].{key}: array {_show(spec[key])} has {bad} NaN or infinite values")
+        name, regions = spec["region_index"], spec["regions"]
+        if name is not None:
+            low, high = int(arrays[name].min()), int(arrays[name].max())
+            if low < 0 or high != regions - 1:
+                raise ValueError(
+                    f"layers[{i}].region_index: array {_show(name)} holds regions {low}..{high}, "
+                    f"expected 0..{regions - 1}"
+                )
+        _check_theta(spec, arrays[spec["bias"]], arrays[spec["theta"]], f"layers[{i}].theta")
 
 
 def _check_theta(spec: dict[str, Any], bias: np.ndarray, theta: np.ndarray, where: str) -> None:
@@ -440,59 +732,59 @@ def _check_theta(spec: dict[str, Any], bias: np.ndarray, theta: np.ndarray, wher
         expected = bias.astype(np.float64)
     tol = (1e-6 if bias.dtype == np.float32 else 1e-12) * (1.0 + np.abs(expected).max(initial=0.0))
     if not np.allclose(theta, expected, rtol=0.0, atol=tol):
-        raise ValueError(f"model.json: {where} thresholds theta disagree with its raw bias (corrupt export?)")
+        raise ValueError(f"{where}: thresholds theta disagree with its raw bias (corrupt export?)")
 
 
-def from_dict(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> SNN:
+def from_dict(meta: dict[str, Any], arrays: Mapping[str, np.ndarray], *, max_bytes: int = MAX_BYTES) -> SNN:
     """Build the :class:`ttfs.SNN` described by (metadata, arrays), e.g. as returned by :func:`to_dict`."""
-    validate(meta, arrays)
+    validate(meta, arrays, max_bytes=max_bytes)
+    return _build(meta, arrays)
+
+
+def _float64(value: Any) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(value, dtype=np.float64))
+
+
+def _weights(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _build(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> SNN:
+    """The SNN of a validated export (every field and array checked by :class:`_Plan` and co)."""
     dtype = DTYPES[meta["dtype"]]
     inp, windows = meta["input"], meta["windows"]
-    layers: list[nn.Module] = []
-    encoder = InputEncoder(tuple(inp["in_shape"]), torch.tensor(inp["p"], dtype=torch.float64),
-                           torch.tensor(inp["q"], dtype=torch.float64))
-    for spec in meta["layers"]:
-        kind = spec["kind"]
-        if kind == "dense":
-            layers.append(
-                SpikingLinear(
-                    spec["in_shape"][0], spec["out_shape"][0], spec["parameterisation"], spec["alpha"]
-                )
-            )
-        elif kind == "conv2d":
-            index = spec["region_index"]
-            region_index = (
-                None if index is None else torch.from_numpy(np.asarray(arrays[index], np.int64))
-            )
-            layers.append(
-                SpikingConv2d(
-                    spec["in_shape"][0],
-                    spec["out_shape"][0],
-                    tuple(spec["kernel"]),
-                    tuple(spec["stride"]),
-                    tuple(spec["padding"]),
-                    spec["parameterisation"],
-                    spec["alpha"],
-                    region_index,
-                )
-            )
-        elif kind == "pool":
-            layers.append(
-                MinTimePool2d(
-                    tuple(spec["kernel"]),
-                    tuple(spec["stride"]),
-                    torch.tensor(spec["sign"], dtype=torch.float64),
-                )
-            )
-        else:
-            layers.append(nn.Flatten())
-    snn = SNN(encoder, layers, torch.tensor(windows["deltas"], dtype=torch.float64), windows["t_start"])
-    snn = snn.to(dtype)
+    encoder = InputEncoder(tuple(inp["in_shape"]), _float64(inp["p"]), _float64(inp["q"]))
+    layers = [_module(spec, arrays) for spec in meta["layers"]]
+    snn = SNN(encoder, layers, _float64(windows["deltas"]), float(windows["t_start"])).to(dtype)
     with torch.no_grad():
-        snn.deltas.copy_(torch.tensor(windows["deltas"], dtype=torch.float64))
-        snn.t_start.copy_(torch.tensor(windows["t_start"], dtype=torch.float64))
+        snn.deltas.copy_(_float64(windows["deltas"]))
+        snn.t_start.copy_(_float64(windows["t_start"]))
         for spec, layer in zip(meta["layers"], snn.layers, strict=True):
             if isinstance(layer, SpikingNeurons):
-                layer.weight.copy_(torch.from_numpy(np.asarray(arrays[spec["weight"]])))
-                layer.bias.copy_(torch.from_numpy(np.asarray(arrays[spec["bias"]])))
+                layer.weight.copy_(_weights(arrays[spec["weight"]]))
+                layer.bias.copy_(_weights(arrays[spec["bias"]]))
     return snn
+
+
+def _module(spec: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> nn.Module:
+    """The layer of a validated spec, parameters not yet set."""
+    kind = spec["kind"]
+    if kind == "dense":
+        return SpikingLinear(spec["in_shape"][0], spec["out_shape"][0], spec["parameterisation"], spec["alpha"])
+    if kind == "conv2d":
+        index = spec["region_index"]
+        region_index = None if index is None else torch.from_numpy(np.ascontiguousarray(arrays[index], np.int64))
+        return SpikingConv2d(
+            spec["in_shape"][0],
+            spec["out_shape"][0],
+            tuple(spec["kernel"]),
+            tuple(spec["stride"]),
+            tuple(spec["padding"]),
+            spec["parameterisation"],
+            spec["alpha"],
+            region_index,
+        )
+    if kind == "pool":
+        sign = torch.tensor(spec["sign"], dtype=torch.float64)
+        return MinTimePool2d(tuple(spec["kernel"]), tuple(spec["stride"]), sign)
+    return nn.Flatten()
