@@ -9,6 +9,7 @@ Workers are killed (SIGKILL, SIGTERM) mid-trial to check that no trial and no ML
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import math
 import os
@@ -303,13 +304,14 @@ def test_killed_worker_is_awaited_with_a_progress_line_then_reclaimed(session_ur
     """SIGKILL mid-trial leaves a RUNNING trial. The stage says what it waits for, until when, and how to
     reclaim it; the printed command fails the trial, closes its MLflow run and re-enqueues its params;
     the stage runs them and the study ends with exactly n_trials counted trials and no MLflow run RUNNING."""
-    params = variant(workspace, "kill.yaml", n_trials=2, epochs=10, train_subset="null")
+    params = variant(workspace, "kill.yaml", n_trials=2, epochs=50, train_subset="null")  # ~2 s trials
     target = str(tmp_path / "kill.journal")
     dead = launch(["--worker", "--params", params, "--storage", target], session_uri, workspace)
     wait_for_running_trial(target, 1, dead)
     dead.kill()
     dead.wait()
     killed = open_the_study(target).trials[1]
+    assert killed.state == TrialState.RUNNING, "the trial ended before the kill: make it longer"
 
     stage = launch(["--params", params, "--storage", target], session_uri, workspace)
     lines: queue.Queue[str] = queue.Queue()
@@ -354,7 +356,7 @@ def test_killed_worker_is_awaited_with_a_progress_line_then_reclaimed(session_ur
 
 
 def test_sigterm_fails_the_trial_kills_its_run_and_exits_130(session_uri, workspace, tmp_path):
-    params = variant(workspace, "term.yaml", epochs=10, train_subset="null")
+    params = variant(workspace, "term.yaml", epochs=50, train_subset="null")
     target = str(tmp_path / "term.journal")
     worker = launch(["--worker", "--params", params, "--storage", target], session_uri, workspace)
     wait_for_running_trial(target, 0, worker)
@@ -544,11 +546,45 @@ def test_interrupted_trial_is_given_back(session_uri, tmp_path):
     assert "interrupted by SIGTERM" in run.data.tags["error"]
 
 
-def test_reclaim_command_checks_its_trial(session_uri, workspace, tmp_path):
-    target = str(tmp_path / "none.journal")
+def test_reclaim_command(session_uri, workspace, tmp_path, capsys):
+    """--reclaim-stale takes the trials that missed 3 heartbeats; --reclaim N any running trial, nothing else."""
+    params = P.load("params.yaml")
+    tp = params.tuning(EXP)
     with pytest.raises(tuning.StudyNotFoundError, match="no such journal file"):
-        tuning.reclaim(EXP, P.load("params.yaml"), [3], storage=target)
-    assert not Path(target).exists()
+        tuning.reclaim(EXP, params, [3], storage=str(tmp_path / "none.journal"), study_name="s")
+    assert not (tmp_path / "none.journal").exists()
+    shared = _shared(tmp_path, tp)
+    silent, alive = (workers.next_trial(shared, tp.n_trials, tp.stale_after) for _ in range(2))
+    silent.set_user_attr(workers.HEARTBEAT, time.time() - workers.MISSED_BEATS * tp.heartbeat_interval - 1)
+    reclaim = functools.partial(tuning.reclaim, EXP, params, storage=shared.spec.target, study_name="s")
+    assert reclaim(None) == [silent.number]
+    assert reclaim([alive.number]) == [alive.number]  # named explicitly: reclaimed although it beat just now
+    assert "if its worker is alive, it keeps running and its result is dropped" in capsys.readouterr().err
+    with pytest.raises(tuning.ReclaimError, match=f"trial {silent.number} is FAIL, not RUNNING"):
+        reclaim([silent.number])
+    trials = shared.study.get_trials()
+    assert [t.user_attrs.get(workers.EXCLUDED) for t in trials] == ["reclaimed", "reclaimed", None, None]
+    assert [t.user_attrs.get(workers.RETRY_OF) for t in trials] == [None, None, silent.number, alive.number]
+
+
+def test_result_of_a_trial_reclaimed_while_it_ran_is_dropped(session_uri, tmp_path):
+    shared, ctx = _context(tmp_path, None)
+    result = {k: 0.5 for k in ("val_accuracy", "val_spikes_per_neuron", "test_accuracy", "test_spikes_per_neuron",
+                               "val_loss", "test_loss")}
+
+    class ReclaimedMeanwhile(FakeRunner):
+        def run(self, l1, lr, on_epoch=None):  # another process judged this worker dead
+            with shared.lock():
+                assert workers.reclaim_locked(shared, 0, "reclaimed", "reclaimed by a test")
+            return result
+
+    ctx.runner = ReclaimedMeanwhile(result)
+    trial = workers.next_trial(shared, ctx.tp.n_trials, ctx.tp.stale_after)
+    assert workers.run_guarded(shared, ctx, trial) == TrialState.FAIL
+    first, retry = shared.study.get_trials()
+    assert first.state == TrialState.FAIL and first.values is None and retry.state == TrialState.WAITING
+    run = ctx.tracker.client.get_run(first.user_attrs[objective.RUN_ID])
+    assert run.info.status == "FAILED" and "reclaimed while running" in run.data.tags["error"]
 
 
 def test_baseline_learning_rate_stays_in_the_tuned_range():

@@ -14,11 +14,14 @@ Several processes share one study and run exactly ``n_trials`` trials together. 
 Only Optuna's public API is used.
 """
 
+from ..params import TuneParams
 from . import export, objective, session, space, storage, workers
-from .export import dominates, summarise
+from .export import dominates, metrics_from, summarise, target_check, trial_record
 from .session import ENV_PARENT_RUN, ReclaimError, reclaim, tune
-from .storage import ENV_STORAGE, StorageSpec, StudyNotFoundError, resolve_storage
+from .space import code_hash
+from .storage import DIRECTIONS, ENV_STORAGE, OBJECTIVES, StorageSpec, StudyNotFoundError, resolve_storage
 
-__all__ = ["ENV_PARENT_RUN", "ENV_STORAGE", "ReclaimError", "StorageSpec", "StudyNotFoundError",
-           "dominates", "export", "objective", "reclaim", "resolve_storage", "session", "space", "storage",
-           "summarise", "tune", "workers"]
+__all__ = ["DIRECTIONS", "ENV_PARENT_RUN", "ENV_STORAGE", "OBJECTIVES", "ReclaimError", "StorageSpec",
+           "StudyNotFoundError", "TuneParams", "code_hash", "dominates", "export", "metrics_from", "objective",
+           "reclaim", "resolve_storage", "session", "space", "storage", "summarise", "target_check", "trial_record",
+           "tune", "workers"]

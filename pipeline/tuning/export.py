@@ -14,9 +14,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..artifacts import _atomic_bytes, write_csv, write_json
 from ..params import TuneParams
+from .objective import EXCLUDED
 from .space import BASELINE
 from .storage import DIRECTIONS, OBJECTIVES
-from .workers import EXCLUDED
 
 TRIAL_COLUMNS = ("number", "baseline", "on_front", "l1", "lr", "val_accuracy", "val_spikes_per_neuron",
                  "test_accuracy", "test_spikes_per_neuron")

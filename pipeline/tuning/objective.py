@@ -35,6 +35,7 @@ from .space import suggest
 ROLE_TRIAL = "tune_trial"
 RUN_ID = "mlflow_run_id"  # trial user attribute
 WORKER = "worker"  # trial user attribute: <host>:<pid>
+EXCLUDED = "ttfs_excluded"  # trial user attribute of a reclaimed trial (workers.py): stale | reclaimed | interrupted
 
 
 def worker_name() -> str:
@@ -159,22 +160,21 @@ def run_trial(ctx: Context, trial: optuna.Trial) -> TrialState:
     mlrun = mlflow_run(ctx.tracker, f"tune@{ctx.exp.name}", run_params, tags)
     for key, value in {RUN_ID: mlrun.run_id, "l1": l1, "lr": lr}.items():
         trial.set_user_attr(key, value)
-    values, error = None, None
+    values, attrs, error = None, {}, None
     try:
         result = ctx.runner.run(l1, lr, lambda epoch, stats: mlrun.log_metrics(
             {f"train_{k}": v for k, v in stats.items()}, step=epoch))
         mlrun.log_metrics(result, step=ctx.tp.epochs)
         if ctx.reference is not None:
             link_reference(mlrun, ctx.reference, {"test_accuracy": result["test_accuracy"]})
-        for key in ("test_accuracy", "test_spikes_per_neuron", "val_loss", "test_loss"):
-            trial.set_user_attr(key, result[key])
+        attrs = {k: result[k] for k in ("test_accuracy", "test_spikes_per_neuron", "val_loss", "test_loss")}
         values = [result["val_accuracy"], result["val_spikes_per_neuron"]]
     except DivergenceError as e:
         error = f"DivergenceError: {e}"
     except Exception as e:
-        tell(ctx, trial, None, mlrun.run_id, f"{type(e).__name__}: {e}")
+        tell(ctx, trial, None, {}, mlrun.run_id, f"{type(e).__name__}: {e}")
         raise
-    state = tell(ctx, trial, values, mlrun.run_id, error)
+    state = tell(ctx, trial, values, attrs, mlrun.run_id, error)
     if state == TrialState.COMPLETE:
         print(f"trial {trial.number}: l1={l1:.3g} lr={lr:.3g} -> val accuracy {values[0]:.4f}, "
               f"spikes/neuron {values[1]:.4f}", file=sys.stderr, flush=True)
@@ -184,13 +184,22 @@ def run_trial(ctx: Context, trial: optuna.Trial) -> TrialState:
     return state
 
 
-def tell(ctx: Context, trial: optuna.Trial, values: list[float] | None, run_id: str, error: str | None) -> TrialState:
-    """Tell the study (FAIL without values; Optuna also fails NaN values), then close the MLflow run to match."""
+def tell(ctx: Context, trial: optuna.Trial, values: list[float] | None, attrs: dict, run_id: str,
+         error: str | None) -> TrialState:
+    """Record ``attrs``, tell the study (FAIL without values; Optuna also fails NaN values), then close the
+    MLflow run with the state the study recorded."""
     try:
-        frozen = ctx.study.tell(trial, values) if values is not None else ctx.study.tell(trial, state=TrialState.FAIL)
-    except (RuntimeError, ValueError) as e:  # reclaimed meanwhile by another process: its retry carries the point
-        print(f"warning: trial {trial.number} was reclaimed while it ran ({e}); its result is dropped",
-              file=sys.stderr)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if values is not None:
+            frozen = ctx.study.tell(trial, values, skip_if_finished=True)
+        else:
+            frozen = ctx.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        reclaimed = bool(frozen.user_attrs.get(EXCLUDED))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        reclaimed = True
+    if reclaimed:  # while it ran (its worker looked dead): the retry carries the point
+        print(f"warning: trial {trial.number} was reclaimed while it ran; its result is dropped", file=sys.stderr)
         close_trial_run(ctx.tracker, run_id, "FAILED", "FAIL", f"reclaimed while running; {error or 'result dropped'}")
         return TrialState.FAIL
     if frozen.state == TrialState.COMPLETE:

@@ -143,9 +143,9 @@ def open_storage(spec: StorageSpec) -> BaseStorage:
         Path(spec.target).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(spec.target))
     if spec.dialect == "sqlite" or not spec.has_lock:
-        print(f"warning: {spec.dialect} study storage has no storage-wide lock: run one process at a time on "
-              "it (the trial budget is exact only under the lock); use the journal file (one machine) or "
-              "postgresql:// (several) for parallel workers", file=sys.stderr)
+        why = "is for one process" if spec.dialect == "sqlite" else "has no lock to share the trial budget"
+        print(f"warning: {spec.dialect} study storage {why}: use the journal file (one machine) or postgresql:// "
+              "(several) for parallel workers", file=sys.stderr)
     with storage_lock(spec, "optuna-schema"):  # concurrent first connections race to create the tables
         return optuna.storages.RDBStorage(spec.target, engine_kwargs={"pool_pre_ping": True})
 

@@ -27,12 +27,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..params import TuneParams
 from ..tracking import Tracker
-from .objective import RUN_ID, WORKER, Context, close_trial_run, run_trial, worker_name
+from .objective import EXCLUDED, RUN_ID, WORKER, Context, close_trial_run, run_trial, worker_name
 from .space import BASELINE
 from .storage import StorageSpec, budget_lock
 
 HEARTBEAT = "heartbeat"  # trial user attribute: time.time() of the worker's last sign of life
-EXCLUDED = "ttfs_excluded"  # user attribute of a reclaimed trial: stale | reclaimed | interrupted
 RETRY_OF = "retry_of"  # user attribute of a retry: the number of the trial it replaces
 PROGRESS_EVERY = 60.0  # s between two "waiting for trial ..." lines
 MISSED_BEATS = 3  # --reclaim-stale: heartbeats missed before a trial counts as orphaned
