@@ -63,7 +63,7 @@ def prepared_dir(dataset: str) -> Path:
     return Path("data") / "prepared" / dataset
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
@@ -82,7 +82,7 @@ def _clean(value: Any) -> Any:
 
 
 def write_json(path: Path, data: dict) -> None:
-    _atomic_bytes(path, (json.dumps(_clean(data), indent=2, allow_nan=False) + "\n").encode())
+    atomic_write(path, (json.dumps(_clean(data), indent=2, allow_nan=False) + "\n").encode())
 
 
 def read_json(path: Path) -> dict:
@@ -95,7 +95,7 @@ def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | list[str]
     writer.writeheader()
     for row in rows:
         writer.writerow({k: row.get(k) for k in columns})
-    _atomic_bytes(path, buf.getvalue().encode())
+    atomic_write(path, buf.getvalue().encode())
 
 
 def digest(value: Any) -> str:
@@ -162,7 +162,7 @@ def load_verified(path: Path, fix: str) -> dict:
 def _save(path: Path, payload: dict) -> None:
     buf = io.BytesIO()
     torch.save(sealed(payload), buf)
-    _atomic_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def _load(path: Path, fmt: str) -> dict:

@@ -392,7 +392,7 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
-    from .plots import _save as save_png
+    from .plots import save_png
 
     save_png(fig, path)
 

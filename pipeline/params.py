@@ -333,8 +333,7 @@ class TuneParams(Section):
 
     n_trials: PositiveInt = 20  # total over all workers, baseline included
     epochs: PositiveInt = 1
-    train_subset: PositiveInt | None = 20000  # None: all training samples left
-    val_size: PositiveInt = 10000  # held out from the training split
+    train_subset: PositiveInt | None = 20000  # None: the whole training split (trials compare on validation)
     l1_min: PositiveFloat = 1e-6
     l1_max: PositiveFloat = 1e-2
     tune_lr: bool = False

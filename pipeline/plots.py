@@ -10,16 +10,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .artifacts import _atomic_bytes  # noqa: E402
+from .artifacts import atomic_write  # noqa: E402
 
 _META = {"Software": None}  # PNG metadata would otherwise carry the matplotlib version only; keep bytes stable
 
 
-def _save(fig, path: Path) -> None:
+def save_png(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata=_META)
     plt.close(fig)
-    _atomic_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def training_curve(path: Path, history: list[dict], title: str) -> None:
@@ -32,7 +32,7 @@ def training_curve(path: Path, history: list[dict], title: str) -> None:
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy")
     ax_acc.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def spikes_per_layer(path: Path, values: list[float], title: str) -> None:
@@ -41,7 +41,7 @@ def spikes_per_layer(path: Path, values: list[float], title: str) -> None:
     ax.set(xlabel="hidden layer", ylabel="spikes per neuron", title=title)
     ax.set_xticks(range(1, len(values) + 1))
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def spike_time_histogram(path: Path, edges: list[float], counts: list[list[int]], title: str) -> None:
@@ -54,7 +54,7 @@ def spike_time_histogram(path: Path, edges: list[float], counts: list[list[int]]
            xlim=(edges[0] - width, edges[-1] + width))
     ax.legend(fontsize="small")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def raster(path: Path, layers: list[tuple[list[float], list[int], int]], boundaries: list[float],
@@ -70,4 +70,4 @@ def raster(path: Path, layers: list[tuple[list[float], list[int], int]], boundar
     ax.set(xlabel="time (tau_c)", ylabel="neuron (stacked by layer)", title=title)
     ax.legend(fontsize="small", markerscale=4)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)

@@ -495,7 +495,7 @@ def plot_kind(path: Path, kind: str, result: dict, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    plots._save(fig, path)
+    plots.save_png(fig, path)
 
 
 def output_files(paths: Paths) -> list[Path]:

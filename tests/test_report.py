@@ -57,7 +57,7 @@ def _png(root: Path, rel: str) -> None:
 
     fig, ax = plots.plt.subplots(figsize=(1, 1))
     ax.plot([0, 1], [0, 1])
-    plots._save(fig, root / rel)
+    plots.save_png(fig, root / rel)
 
 
 @pytest.fixture

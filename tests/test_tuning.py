@@ -43,7 +43,7 @@ BUDGET = 6
 PARAMS = f"""
 data:
   datasets:
-    synthetic: {{train_size: 480, test_size: 160, shape: [1, 8, 8], classes: 4, noise: 0.15, seed: 0}}
+    synthetic: {{train_size: 600, val_size: 120, test_size: 160, shape: [1, 8, 8], classes: 4, noise: 0.15, seed: 0}}
 experiments:
   {EXP}:
     dataset: synthetic
@@ -61,7 +61,6 @@ tune:
     n_trials: {BUDGET}
     epochs: 1
     train_subset: 200
-    val_size: 120
     l1_min: 1.0e-4
     l1_max: 0.1
     n_startup_trials: 2
@@ -375,17 +374,18 @@ def test_sigterm_fails_the_trial_kills_its_run_and_exits_130(session_uri, worksp
 
 
 def test_params_error_creates_no_study_and_no_run(session_uri, workspace, tmp_path, capsys):
-    """A tune section that only the data can refute (val_size >= the training split) fails before any side effect."""
+    """A tune section that only the data can refute (a subset larger than the training split) fails before any
+    side effect."""
     from stages import tune as stage
 
-    params = variant(workspace, "bad.yaml", val_size=480)
+    params = variant(workspace, "bad.yaml", train_subset=100000)
     target = tmp_path / "bad.journal"
     previous = signal.getsignal(signal.SIGTERM)
     try:
         assert stage.main([EXP, "--params", params, "--storage", str(target)]) == 2
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert "tune.val_size: 480 leaves no training samples" in capsys.readouterr().err
+    assert "tune.train_subset: 100000 exceeds the" in capsys.readouterr().err
     assert not target.exists() or not optuna.get_all_study_summaries(storage.open_storage(
         tuning.resolve_storage(str(target), EXP)))
     assert not [r for r in mlflow_runs(session_uri) if r.data.tags.get("role") == session.ROLE_STUDY]

@@ -12,8 +12,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..artifacts import _atomic_bytes, write_csv, write_json
+from ..artifacts import atomic_write, write_csv
 from ..params import TuneParams
+from ..results import ParetoResult, TuneResult
 from .objective import EXCLUDED
 from .space import BASELINE
 from .storage import DIRECTIONS, OBJECTIVES
@@ -131,7 +132,7 @@ def plot_png(path: Path, summary: dict, title: str) -> None:
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    plots._save(fig, path)
+    plots.save_png(fig, path)
 
 
 def plot_html(path: Path, study: optuna.Study, title: str) -> None:
@@ -146,21 +147,22 @@ def plot_html(path: Path, study: optuna.Study, title: str) -> None:
         fig = go.Figure()
     fig.update_layout(title=title)
     html = fig.to_html(include_plotlyjs=True, full_html=True, div_id="pareto-front")
-    _atomic_bytes(path, html.encode())
+    atomic_write(path, html.encode())
 
 
 def export(study: optuna.Study, tp: TuneParams, budget: int, experiment: str, out_dir: Path,
-           metrics_path: Path) -> dict:
-    """pareto.json, pareto.png, pareto.html, tune_trials.csv in ``out_dir``; the summary metrics json."""
+           metrics_path: Path, params_hash: str, lineage: dict[str, str]) -> dict:
+    """pareto.json, pareto.png, pareto.html, tune_trials.csv in ``out_dir``; tune.json (typed results)."""
     summary = summarise(study, tp, budget)
+    stamp = {"params_hash": params_hash, "lineage": lineage}
     front_doc = {k: v for k, v in summary.items() if k != "all_trials"} | {"experiment": experiment}
-    write_json(out_dir / "pareto.json", front_doc)
+    ParetoResult.model_validate(front_doc | stamp).write(out_dir / "pareto.json")
     write_csv(out_dir / "tune_trials.csv", summary["all_trials"], TRIAL_COLUMNS)
     title = f"{experiment}: accuracy vs spikes per neuron"
     plot_png(out_dir / "pareto.png", summary, title)
     plot_html(out_dir / "pareto.html", study, title)
     metrics = metrics_from(summary)
-    write_json(metrics_path, metrics)
+    TuneResult.model_validate(metrics | stamp).write(metrics_path)
     return metrics
 
 

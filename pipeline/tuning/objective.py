@@ -42,30 +42,33 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def split_indices(n: int, val_size: int, train_subset: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, validation) indices into the training split: a seeded permutation, validation first."""
-    if val_size >= n:
-        raise ParamsError(f"tune.val_size: {val_size} leaves no training samples out of {n}")
+def train_indices(n: int, train_subset: int | None, seed: int) -> torch.Tensor:
+    """The trials' training images: a seeded subset of the training split (``None``: all of it)."""
+    if train_subset is not None and train_subset > n:
+        raise ParamsError(f"tune.train_subset: {train_subset} exceeds the {n} images of the training split")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val, rest = order[:val_size], order[val_size:]
-    return (rest if train_subset is None else rest[:train_subset]), val
+    return order if train_subset is None else order[:train_subset]
 
 
 class TrialRunner:
     """Everything a worker needs once: the converted SNN, the train/validation/test tensors.
 
-    Built before the study is touched, so that a bad ``val_size`` or a missing model fails first.
+    Trials are compared on the prepared validation split (held out at ``prepare``, never trained on);
+    built before the study is touched, so that a bad ``train_subset`` or a missing model fails first.
     """
 
     def __init__(self, exp: Experiment, tp: TuneParams):
         self.exp, self.tp = exp, tp
         self.finetune = exp.params.finetune
         data = exp.data
-        train_idx, val_idx = split_indices(len(data.train_x), tp.val_size, tp.train_subset, exp.params.seed)
+        train_idx = train_indices(len(data.train_x), tp.train_subset, exp.params.seed)
+        if not len(data.val_y):
+            raise ParamsError(f"data.datasets.{exp.params.dataset}.val_size: 0 leaves tuning nothing to compare "
+                              "trials on; hold out a validation split")
         snn, self.lineage = load_snn(exp.paths.converted)
         self.start = snn.to(exp.device, exp.dtype)
         self.train = self._put(data.train_x[train_idx], data.train_y[train_idx])
-        self.val = self._put(data.train_x[val_idx], data.train_y[val_idx])
+        self.val = self._put(*data.split("val"))
         self.test = self._put(data.test_x, data.test_y)
         self.batch_size = tp.batch_size or self.finetune.batch_size
 

@@ -122,8 +122,10 @@ def tune(name: str, params: P.Params, *, storage: str | None = None, worker: boo
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stage_params = exp.stage_params("finetune") | {"tune": P.as_dict(tp), "study": study_name,
                                                    "storage": spec.display()}
-    study_tags = exp.tags(ROLE_STUDY) | {"optuna_study": study_name, "mlflow.runName": f"tune-{name}",
-                                         "optuna_storage": spec.display().replace("'", "_")}
+    params_hash = P.params_hash(exp.stage_params("finetune") | {"tune": P.as_dict(tp)})
+    study_tags = exp.tags(ROLE_STUDY) | {"optuna_study": study_name, "mlflow.runName": f"tune@{name}",
+                                         "optuna_storage": spec.display().replace("'", "_"),
+                                         "params_hash": params_hash}
     # -- side effects from here on
     storage_obj = _open(spec, create=not export_only)
     with budget_lock(spec, study_name):
@@ -158,7 +160,8 @@ def tune(name: str, params: P.Params, *, storage: str | None = None, worker: boo
     if worker:
         return None
     paths = exp.paths
-    metrics = export(study, tp, budget(shared, tp.n_trials), name, paths.plot(""), paths.metrics("tune"))
+    metrics = export(study, tp, budget(shared, tp.n_trials), name, paths.plot(""), paths.metrics("tune"),
+                     params_hash, lineage)
     with mlflow_run(tracker, f"tune@{name}", stage_params, study_tags, resume=parent) as mlrun:
         mlrun.log_metrics(metrics)
         if reference is not None:
