@@ -238,3 +238,37 @@ def test_mlflow_runs_open_in_the_training_view_named_and_linked_to_their_referen
     assert got.data.tags["mlflow.source.git.commit"] == got.data.tags["git_commit"]
     assert f"#/experiments/{tracker.experiment_id}/runs/abc123" in got.data.tags["mlflow.note.content"]
     assert got.data.metrics["delta.test_accuracy"] == pytest.approx(0.02)
+
+
+def test_training_steps_never_see_a_validation_or_test_image(tmp_path, tiny_params, monkeypatch):
+    """pretrain and finetune (real stages) feed train_epoch training images only; validation and test
+    images are only ever evaluated."""
+    import yaml
+
+    from pipeline import data as D
+    from pipeline import training
+    from stages import convert, finetune, prepare, pretrain
+
+    seen: list[torch.Tensor] = []
+    real_epoch = training.train_epoch
+
+    def recording(model, batches, *args, **kwargs):
+        def record():
+            for x, y in batches:
+                seen.append(x.detach().flatten(1).to(torch.float64).clone())
+                yield x, y
+        return real_epoch(model, record(), *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_epoch", recording)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tiny_params["experiments"]["tiny_fc2"]["pretrain"].update(epochs=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params))
+    assert prepare.main(["synthetic"]) == 0
+    for stage in (pretrain, convert, finetune):
+        assert stage.main(["tiny_fc2"]) == 0
+    prepared = D.load_prepared(tmp_path / "data/prepared/synthetic")
+    rows = {s: {tuple(r) for r in prepared.split(s)[0].flatten(1).to(torch.float64).tolist()} for s in D.SPLITS}
+    trained = {tuple(r) for r in torch.cat(seen).tolist()}
+    assert trained and trained <= rows["train"]
+    assert not trained & rows["val"] and not trained & rows["test"]

@@ -28,6 +28,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from pipeline import params as P
@@ -592,3 +593,21 @@ def test_baseline_learning_rate_stays_in_the_tuned_range():
     assert space.baseline_params(tuned, 1e-3) == {"lr": 1e-4}
     assert space.baseline_params(tuned, 5e-5) == {"lr": 5e-5}
     assert space.baseline_params(P.TuneParams(), 1e-3) == {}
+
+
+def test_trials_are_chosen_on_validation_only(workspace, monkeypatch):
+    """The objective values the sampler and the Pareto pick see do not move when the test labels are
+    scrambled: selection reads the validation split only (test numbers are reported beside them)."""
+    monkeypatch.chdir(workspace)
+    params = P.load("params.yaml")
+    exp = Experiment(EXP, params.experiment(EXP))
+    runner = objective.TrialRunner(exp, params.tuning(EXP))
+    clean = runner.run(l1=1e-3, lr=1e-3)
+    x, y = runner.test
+    runner.test = (x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))])
+    scrambled = runner.run(l1=1e-3, lr=1e-3)
+    for key in objective.OBJECTIVES:
+        assert scrambled[key] == clean[key]
+    assert scrambled["test_accuracy"] != clean["test_accuracy"]
+    train = {tuple(r) for r in runner.train[0].flatten(1).tolist()}
+    assert not train & {tuple(r) for r in runner.val[0].flatten(1).tolist()}
