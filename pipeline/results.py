@@ -325,8 +325,10 @@ class EvaluateResult(StageResult):
     hidden_neurons: Count
     causality_violations: Count
     clipped_inputs: Count
-    synops_per_sample: float
+    synops_per_sample: float  # SPEC 6: every spike times its neuron's fan-out (ttfs.metrics)
     synops_per_layer: dict[LayerKey, float]
+    routed_synops_per_sample: float  # pool winners only: a lower bound, not the SPEC metric
+    routed_synops_per_layer: dict[LayerKey, float]
     macs_per_sample: Count
     energy_pj: Energy
     energy_assumptions: EnergyAssumptions
