@@ -24,12 +24,14 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from ttfs import zoo
+from ttfs.constraints import MAX_TIME_BITS, time_steps_for
 
 from .errors import ParamsError
 
@@ -216,6 +218,10 @@ class SweepParams(Section):
 
     jitter: Annotated[tuple[NonNegativeFloat, ...], BeforeValidator(_grid)] = (0.0, 0.01, 0.05, 0.1)
     jitter_seeds: PositiveInt = 3
+    jitter_inputs: bool = False  # also jitter the input spikes (the authors' code jitters hidden outputs only)
+    # what a time_steps grid value is: K steps per window (K spike times + silence), or a bit-width b as in
+    # the authors' code (2^b - 1 steps: 2^b - 1 spike times + silence); ttfs.constraints
+    time_levels: Literal["steps", "bits"] = "steps"
     time_steps: Annotated[tuple[Annotated[Int, Field(ge=2)], ...], BeforeValidator(_grid)] = (4, 8, 16, 32)
     weight_bits: Annotated[tuple[Annotated[Int, Field(ge=2, le=32)], ...], BeforeValidator(_grid)] = (2, 3, 4, 8)
     latency_factor: Annotated[tuple[Annotated[Float, Field(ge=1)], ...], BeforeValidator(_grid)] = (
@@ -241,8 +247,23 @@ class SweepParams(Section):
                                           {"index": i, "value": f"{v:g}"})
         return values
 
+    @field_validator("time_steps")
+    @classmethod
+    def _bit_widths(cls, values: tuple, info: ValidationInfo) -> tuple:
+        if info.data.get("time_levels") == "bits":
+            for i, v in enumerate(values):
+                if v > MAX_TIME_BITS:
+                    raise PydanticCustomError(
+                        "range", "[{index}]: at most {most} time bits (time_levels: bits), got {value}",
+                        {"index": i, "most": MAX_TIME_BITS, "value": v})
+        return values
+
     def grid(self, kind: str) -> tuple:
         return getattr(self, kind)
+
+    def time_steps_for(self, value: int) -> int:
+        """Steps K per window of a ``time_steps`` grid value (K itself, or 2^b - 1 for b bits)."""
+        return time_steps_for(value, self.time_levels)
 
     def finetune_params(self) -> FinetuneParams:
         """The fine-tuning under a constraint: the finetune stage's loop with fixed windows."""

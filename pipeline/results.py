@@ -325,8 +325,10 @@ class EvaluateResult(StageResult):
     hidden_neurons: Count
     causality_violations: Count
     clipped_inputs: Count
-    synops_per_sample: float
+    synops_per_sample: float  # SPEC 6: every spike times its neuron's fan-out (ttfs.metrics)
     synops_per_layer: dict[LayerKey, float]
+    routed_synops_per_sample: float  # pool winners only: a lower bound, not the SPEC metric
+    routed_synops_per_layer: dict[LayerKey, float]
     macs_per_sample: Count
     energy_pj: Energy
     energy_assumptions: EnergyAssumptions
@@ -362,6 +364,17 @@ class TightWindows(Measure):
     windows: tuple[float, ...]
 
 
+class ConversionWindows(Record):
+    """The converted SNN's windows (1 + zeta) X_n and their sum: the baseline of latency reductions."""
+
+    windows: tuple[float, ...]
+    latency: float
+
+
+#: sigma / Delta of a jittered window: ``input`` (when input spikes are jittered), ``layer1``, ...
+WindowKey = Annotated[str, Field(pattern=r"^(input|layer[1-9][0-9]*)$")]
+
+
 class DeltaSnn(Record):
     before_accuracy: float
     finetuned_accuracy: Nullable
@@ -376,10 +389,13 @@ class Setting(Record):
     finetuned: Measure | None  # null without fine-tuning
     finetune_train_accuracy: Nullable
     latency: float
-    latency_reduction_vs_snn: float
+    latency_reduction_vs_conversion: float  # conversion latency / this latency: the honest baseline
+    latency_reduction_vs_finetuned: float  # against the fine-tuned SNN's kappa-inflated windows: overstated
     windows: tuple[float, ...]
     delta_snn: DeltaSnn
     causality_violations: Number
+    sigma_relative_per_layer: dict[WindowKey, float] | None = Absent()  # jitter only: sigma / Delta^(n)
+    time_steps_per_window: int | None = Absent()  # time_steps only: K (2^b - 1 for b time bits)
 
     @property
     def final(self) -> Measure:
@@ -413,6 +429,9 @@ class SweepResult(StageResult):
 
     snn: Measure
     tight_windows: TightWindows
+    conversion: ConversionWindows
+    time_levels: Literal["steps", "bits"]  # what a time_steps grid value is (SweepParams.time_levels)
+    jitter_inputs: bool
     finetune_epochs: Count
     jitter_seeds: Annotated[int, Field(ge=1)]
     tolerance: float

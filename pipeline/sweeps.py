@@ -6,13 +6,17 @@ the constraint for ``finetune_epochs`` epochs with fixed windows and measures it
 
 How each constraint is applied (``ttfs.constraints``):
 
-* ``jitter`` sigma (tau_c): Gaussian noise on every emitted spike, model windows, saturation. Evaluated
-  with ``jitter_seeds`` noise seeds (``JITTER_EVAL_SEED + i``, the same seeds before and after fine-tuning:
-  paired), reported as mean and sample std; fine-tuning draws fresh noise every step from a generator
-  seeded with the experiment seed.
+* ``jitter`` sigma (tau_c): Gaussian noise on every spike emitted by a hidden layer (the input spikes
+  too with ``jitter_inputs``), model windows, saturation. Evaluated with ``jitter_seeds`` noise seeds
+  (``JITTER_EVAL_SEED + i``, the same seeds before and after fine-tuning: paired), reported as mean and
+  sample std; fine-tuning draws fresh noise every step from a generator seeded with the experiment
+  seed. Sigma is also reported relative to each jittered window, sigma / Delta^(n): the same sigma is
+  harmless in a wide window and destructive in a tight one.
 * ``time_steps`` K: hidden windows first tightened to the ``window_quantile`` of each layer's positive
   activations on ``quantile_samples`` training inputs (a loose window wastes the K steps, SPEC 5); then
-  spike times snap to K steps per window (nearest step; saturation first, so never before t_min).
+  spike times snap to K steps per window (nearest step; saturation first, so never before t_min). With
+  ``time_levels: bits`` a grid value is a bit-width b and K = 2^b - 1 (the authors' b-bit time
+  quantisation: 2^b - 1 spike times plus silence).
 * ``weight_bits`` b: b-bit symmetric per-layer fake quantisation (range = ``weight_percentile`` of |W|),
   thresholds in full precision, straight-through gradient; model windows with saturation.
 * ``latency_factor`` f: every window (the input window too, exactly) divided by f, starting from the
@@ -20,22 +24,28 @@ How each constraint is applied (``ttfs.constraints``):
   adaptive rule those are kappa times looser than the data, so a factor there is partly free);
   activations above the new width saturate.
 
+Latency reduction is reported against the windows of the converted SNN, Delta^(n) = (1 + zeta) X_n
+(``latency_reduction_vs_conversion``, the honest baseline: the windows a conversion needs), and, for
+comparison, against the fine-tuned SNN's own windows, which the adaptive rule has inflated
+(``latency_reduction_vs_finetuned``; it overstates the gain).
+
 Every constrained network saturates spikes into their windows, so hardware constraints never produce
 causality violations; windows stay fixed during fine-tuning (``adapt_windows=False``, SPEC 2.8).
 
 Interrupted sweeps resume: the results of finished settings are kept in one state file in
 checkpoints/<experiment>/ (replaced atomically after each setting), and a setting interrupted during
 fine-tuning resumes from its last finished epoch (:func:`pipeline.training.fit`). Both are keyed by a
-hash of the params, the model file, the data and the source of the code that computes the results.
+hash of the params, the model files, the data and the source of the code that computes the results.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,7 +220,11 @@ class MlflowRecorder:
 def setting_metrics(result: dict) -> dict:
     """The numbers of one setting as MLflow metrics (before.*, finetuned.*, delta_snn.*)."""
     out: dict[str, Any] = {"value": result["value"], "latency": result["latency"],
+                           "latency_reduction_vs_conversion": result["latency_reduction_vs_conversion"],
+                           "latency_reduction_vs_finetuned": result["latency_reduction_vs_finetuned"],
                            "before": result["before"]}
+    if "sigma_relative_per_layer" in result:
+        out["sigma_relative"] = result["sigma_relative_per_layer"]
     if result["finetuned"] is not None:
         out["finetuned"] = result["finetuned"]
         out["finetune_train_accuracy"] = result["finetune_train_accuracy"]
@@ -225,11 +239,31 @@ def _batches(x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int, de
     return TensorBatches(x, y, batch_size, shuffle=shuffle, seed=seed, device=device, dtype=dtype)
 
 
+def conversion_reference(windows: Sequence[float] | Tensor) -> dict[str, Any]:
+    """The latency baseline: the converted SNN's windows Delta^(0..N-1) and their sum (its latency)."""
+    widths = [float(w) for w in (windows.tolist() if isinstance(windows, Tensor) else windows)]
+    if not widths or min(widths) <= 0:
+        raise ValueError(f"conversion windows must be positive widths, got {widths}")
+    return {"windows": widths, "latency": math.fsum(widths)}
+
+
+def relative_sigma(sigma: float, windows: Sequence[float], jitter_inputs: bool) -> dict[str, float]:
+    """sigma / Delta^(n) for every jittered window: ``input`` (only with ``jitter_inputs``), ``layer1``..."""
+    names = ["input", *(f"layer{n}" for n in range(1, len(windows)))]
+    return {name: sigma / width for name, width in zip(names, windows, strict=True)
+            if name != "input" or jitter_inputs}
+
+
 class Sweep:
     """Runs every setting of ``sp`` on copies of ``snn``; see :func:`run_sweep`."""
 
-    def __init__(self, snn: SNN, data: SweepData, sp: SweepParams, *, seed: int, device, dtype: torch.dtype,
-                 state_path: Path, recorder=None, desc: str = "sweep", log: Callable[[str], None] | None = None):
+    def __init__(self, snn: SNN, data: SweepData, sp: SweepParams, *, conversion_windows: Sequence[float] | Tensor,
+                 seed: int, device, dtype: torch.dtype, state_path: Path, recorder=None, desc: str = "sweep",
+                 log: Callable[[str], None] | None = None):
+        self.conversion = conversion_reference(conversion_windows)
+        if len(self.conversion["windows"]) != len(snn.deltas):
+            raise ValueError(f"{len(self.conversion['windows'])} conversion windows for an SNN with "
+                             f"{len(snn.deltas)} windows: not the same network")
         self.base = copy.deepcopy(snn).to(device, dtype)
         self.base.spike_constraints = None
         quantise_weights(self.base, None)
@@ -266,10 +300,10 @@ class Sweep:
         """A fresh copy of the SNN under one constraint (jitter: the training noise stream)."""
         if kind == "jitter":
             snn = copy.deepcopy(self.base)
-            constrain_spike_times(snn, jitter=value, seed=self.seed)
+            constrain_spike_times(snn, jitter=value, seed=self.seed, jitter_inputs=self.sp.jitter_inputs)
         elif kind == "time_steps":
             snn = self._tightened()
-            constrain_spike_times(snn, time_steps=int(value))
+            constrain_spike_times(snn, time_steps=self.sp.time_steps_for(int(value)))
         elif kind == "weight_bits":
             snn = copy.deepcopy(self.base)
             constrain_spike_times(snn)
@@ -301,7 +335,8 @@ class Sweep:
         runs = []
         try:
             for i in range(self.sp.jitter_seeds):
-                constrain_spike_times(snn, jitter=value, seed=JITTER_EVAL_SEED + i)
+                constrain_spike_times(snn, jitter=value, seed=JITTER_EVAL_SEED + i,
+                                      jitter_inputs=self.sp.jitter_inputs)
                 runs.append(self._measure_once(snn))
         finally:
             snn.spike_constraints = training
@@ -341,22 +376,32 @@ class Sweep:
                               f"{self.desc} {setting_key(kind, value)}", seed=self.seed)
                 finetuned = self.evaluate(snn, kind, value)
             final = finetuned or before
+            windows = [float(d) for d in snn.deltas.tolist()]
             result = {
                 "kind": kind, "value": value, "finetune_epochs": len(history),
                 "before": before, "finetuned": finetuned,
                 "finetune_train_accuracy": history[-1]["train_accuracy"] if history else None,
                 "latency": float(snn.latency()),
-                "latency_reduction_vs_snn": reference["latency"] / float(snn.latency()),
-                "windows": [float(d) for d in snn.deltas.tolist()],
+                "latency_reduction_vs_conversion": self.conversion["latency"] / float(snn.latency()),
+                "latency_reduction_vs_finetuned": reference["latency"] / float(snn.latency()),
+                "windows": windows,
                 "delta_snn": {
                     "before_accuracy": before["accuracy"] - reference["accuracy"],
                     "finetuned_accuracy": (finetuned["accuracy"] - reference["accuracy"]) if finetuned else None,
                 },
                 "causality_violations": final["causality_violations"],
-            }
+            } | self.setting_details(kind, value, windows)
             self.recorder.finish_child(run, kind, value, result, time.monotonic() - started)
         checkpoint.remove(ckpt)
         return result, run.run_id
+
+    def setting_details(self, kind: str, value: float, windows: list[float]) -> dict[str, Any]:
+        """What one kind adds: sigma per window width (jitter), the steps per window it used (time_steps)."""
+        if kind == "jitter":
+            return {"sigma_relative_per_layer": relative_sigma(value, windows, self.sp.jitter_inputs)}
+        if kind == "time_steps":
+            return {"time_steps_per_window": self.sp.time_steps_for(int(value))}
+        return {}
 
     # the whole grid --------------------------------------------------------------------------------
 
@@ -391,20 +436,22 @@ class Sweep:
             checkpoint.save(self.state_path, {"run_id": self.recorder.parent_run_id, "results": done,
                                               "run_ids": run_ids, "references": (snn_ref, tight_ref)})
         progress.close()
-        return assemble(self.sp, snn_ref, tight_ref, [done[setting_key(*s)] for s in settings])
+        return assemble(self.sp, snn_ref, tight_ref, [done[setting_key(*s)] for s in settings], self.conversion)
 
 
-def run_sweep(snn: SNN, data: SweepData, sp: SweepParams, *, seed: int, device="cpu",
-              dtype: torch.dtype = torch.float32, state_path: Path, state: dict | None = None,
-              recorder=None, desc: str = "sweep") -> dict:
+def run_sweep(snn: SNN, data: SweepData, sp: SweepParams, *, conversion_windows: Sequence[float] | Tensor,
+              seed: int, device="cpu", dtype: torch.dtype = torch.float32, state_path: Path,
+              state: dict | None = None, recorder=None, desc: str = "sweep") -> dict:
     """Sweep every constraint of ``sp`` over its grid on copies of ``snn``; returns the sweep.json content.
 
-    ``state`` is a loaded ``state_path`` checkpoint (finished settings are not redone); the state file
-    is rewritten after every setting, and per-setting fine-tuning checkpoints live next to it.
-    ``recorder``: :class:`MlflowRecorder` (nested runs) or None.
+    ``conversion_windows``: Delta^(0..N-1) of the converted SNN that ``snn`` was fine-tuned from, the
+    baseline of ``latency_reduction_vs_conversion``. ``state`` is a loaded ``state_path`` checkpoint
+    (finished settings are not redone); the state file is rewritten after every setting, and
+    per-setting fine-tuning checkpoints live next to it. ``recorder``: :class:`MlflowRecorder` (nested
+    runs) or None.
     """
-    return Sweep(snn, data, sp, seed=seed, device=device, dtype=dtype, state_path=state_path,
-                 recorder=recorder, desc=desc).run(state)
+    return Sweep(snn, data, sp, conversion_windows=conversion_windows, seed=seed, device=device, dtype=dtype,
+                 state_path=state_path, recorder=recorder, desc=desc).run(state)
 
 
 def _best(kind: str, rows: list[dict], target: float) -> float | None:
@@ -415,8 +462,9 @@ def _best(kind: str, rows: list[dict], target: float) -> float | None:
     return min(ok) if kind in ("time_steps", "weight_bits") else max(ok)
 
 
-def assemble(sp: SweepParams, snn_ref: dict, tight_ref: dict, results: list[dict]) -> dict:
-    """sweep.json: references, every setting by kind and value, and the summary of what stays within tolerance."""
+def assemble(sp: SweepParams, snn_ref: dict, tight_ref: dict, results: list[dict], conversion: dict) -> dict:
+    """sweep.json: references (``conversion``: the converted SNN's windows, the latency baseline), every
+    setting by kind and value, and the summary of what stays within tolerance."""
     by_kind: dict[str, dict[str, dict]] = {kind: {} for kind in KINDS}
     for r in results:
         by_kind[r["kind"]][fmt(r["value"])] = {k: v for k, v in r.items() if k != "kind"}
@@ -424,6 +472,9 @@ def assemble(sp: SweepParams, snn_ref: dict, tight_ref: dict, results: list[dict
     return {
         "snn": snn_ref,
         "tight_windows": tight_ref,
+        "conversion": conversion,
+        "time_levels": sp.time_levels,
+        "jitter_inputs": sp.jitter_inputs,
         "finetune_epochs": sp.finetune_epochs,
         "jitter_seeds": sp.jitter_seeds,
         "tolerance": sp.tolerance,
@@ -444,10 +495,16 @@ def rows_for(result: dict, kind: str) -> list[dict]:
         row = {x: r["value"], "accuracy_before": r["before"]["accuracy"], "accuracy_finetuned": after.get("accuracy"),
                "spikes_per_neuron_before": r["before"]["spikes_per_neuron"],
                "spikes_per_neuron_finetuned": after.get("spikes_per_neuron"), "latency": r["latency"],
+               "latency_reduction_vs_conversion": r["latency_reduction_vs_conversion"],
                "snn_accuracy": result["snn"]["accuracy"]}
         if kind == "jitter":
+            relative = r["sigma_relative_per_layer"].values()
             row |= {"accuracy_before_std": r["before"]["accuracy_std"],
-                    "accuracy_finetuned_std": after.get("accuracy_std")}
+                    "accuracy_finetuned_std": after.get("accuracy_std"),
+                    "sigma_relative_min": min(relative, default=None),
+                    "sigma_relative_max": max(relative, default=None)}
+        if kind == "time_steps":
+            row["time_steps_per_window"] = r["time_steps_per_window"]
         rows.append(row)
     return rows
 
@@ -455,12 +512,21 @@ def rows_for(result: dict, kind: str) -> list[dict]:
 def csv_columns(kind: str) -> list[str]:
     cols = [X_COLUMN[kind], "accuracy_before", "accuracy_finetuned"]
     if kind == "jitter":
-        cols += ["accuracy_before_std", "accuracy_finetuned_std"]
-    return cols + ["spikes_per_neuron_before", "spikes_per_neuron_finetuned", "latency", "snn_accuracy"]
+        cols += ["accuracy_before_std", "accuracy_finetuned_std", "sigma_relative_min", "sigma_relative_max"]
+    if kind == "time_steps":
+        cols += ["time_steps_per_window"]
+    return cols + ["spikes_per_neuron_before", "spikes_per_neuron_finetuned", "latency",
+                   "latency_reduction_vs_conversion", "snn_accuracy"]
 
 
 _XLABEL = {"jitter": "spike-time jitter sigma (tau_c)", "time_steps": "time steps per window K",
            "weight_bits": "weight bits b", "latency_factor": "latency reduction factor"}
+
+
+def xlabel(kind: str, result: dict) -> str:
+    if kind == "time_steps" and result.get("time_levels") == "bits":
+        return "time bits b (2^b - 1 steps per window)"
+    return _XLABEL[kind]
 
 
 def plot_kind(path: Path, kind: str, result: dict, title: str) -> None:
@@ -491,7 +557,7 @@ def plot_kind(path: Path, kind: str, result: dict, title: str) -> None:
         ax.set_xticks(xs, [fmt(v) for v in xs])
     if not rows:
         ax.text(0.5, 0.5, "no grid values", transform=ax.transAxes, ha="center", va="center")
-    ax.set(xlabel=_XLABEL[kind], ylabel="test accuracy", title=title)
+    ax.set(xlabel=xlabel(kind, result), ylabel="test accuracy", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -514,7 +580,8 @@ def write_outputs(paths: Paths, name: str, result: dict, params_hash: str, linea
 def summary_metrics(result: dict) -> dict:
     """Parent-run metrics: references, and before/finetuned accuracy per setting."""
     out: dict[str, Any] = {"snn": result["snn"], "tight_windows": {k: v for k, v in result["tight_windows"].items()
-                                                                   if k not in ("windows", "samples")}}
+                                                                   if k not in ("windows", "samples")},
+                           "conversion": {"latency": result["conversion"]["latency"]}}
     for kind, settings in result["settings"].items():
         for key, r in settings.items():
             out[f"{kind}.{key}.before.accuracy"] = r["before"]["accuracy"]
@@ -526,6 +593,6 @@ def summary_metrics(result: dict) -> dict:
 
 __all__ = [
     "KINDS", "MlflowRecorder", "NullRecorder", "Sweep", "SweepData", "SweepParams", "assemble",
-    "measure", "output_files", "plot_kind", "rows_for", "run_sweep", "setting_key",
-    "summary_metrics", "write_outputs",
+    "conversion_reference", "measure", "output_files", "plot_kind", "relative_sigma", "rows_for", "run_sweep",
+    "setting_key", "summary_metrics", "write_outputs",
 ]

@@ -2,8 +2,10 @@
 
 Jitter sigma, time steps per window K, weight bit-width b and latency reduction factor, each over its
 grid in ``experiments.<name>.sweep``: accuracy without fine-tuning and after fine-tuning under the
-constraint, spikes per neuron and latency (see :mod:`pipeline.sweeps`). MLflow: one parent run
-``sweep`` per experiment and one nested run per setting, all tagged with the reference ReLU run.
+constraint, spikes per neuron and latency (see :mod:`pipeline.sweeps`). Latency reductions are measured
+against the windows of the converted SNN (models/<exp>/snn_converted.pt, a dependency of the stage).
+MLflow: one parent run ``sweep`` per experiment and one nested run per setting, all tagged with the
+reference ReLU run.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ def main(ctx: Context) -> dict:
     sp = exp.params.sweep
     paths = exp.paths
     snn, lineage = load_snn(paths.snn)
+    conversion_windows = load_snn(paths.converted)[0].deltas.tolist()  # the latency baseline
     stage_params = exp.stage_params("sweep")
-    key = P.params_hash(stage_params, lineage, exp.data.meta["sha256"], sha256_file(paths.snn))
+    key = P.params_hash(stage_params, lineage, exp.data.meta["sha256"], sha256_file(paths.snn),
+                        sha256_file(paths.converted))
     state_path = checkpoint.path_for(project_root(), name, "sweep", key)
     state = checkpoint.load(state_path)
     data = SweepData(*exp.data.split("train"), *exp.data.split("val"), *exp.data.split("test"))
@@ -36,8 +40,9 @@ def main(ctx: Context) -> dict:
         parent.set_tags({"reference_run_id": reference.run_id})
         recorder = MlflowRecorder(exp.tracker, parent, reference, f"sweep@{name}", stage_params,
                                   exp.tags("sweep_setting"))
-        result = run_sweep(snn, data, sp, seed=exp.params.seed, device=exp.device, dtype=exp.dtype,
-                           state_path=state_path, state=state, recorder=recorder, desc=f"sweep {name}")
+        result = run_sweep(snn, data, sp, conversion_windows=conversion_windows, seed=exp.params.seed,
+                           device=exp.device, dtype=exp.dtype, state_path=state_path, state=state,
+                           recorder=recorder, desc=f"sweep {name}")
         write_outputs(paths, name, result, P.params_hash(stage_params), lineage)
         parent.log_metrics(summary_metrics(result))
         for path in output_files(paths):

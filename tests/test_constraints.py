@@ -14,6 +14,7 @@ from ttfs.constraints import (
     reduce_latency,
     set_input_window,
     tighten_windows,
+    time_steps_for,
 )
 from ttfs.train import TensorBatches, train_epoch
 
@@ -73,6 +74,59 @@ def test_time_steps_snap_to_the_grid_and_converge_with_k(network):
     assert errors[2] < 0.05 * errors[0]
 
 
+def distinct_times(constraints: SpikeTimeConstraints) -> tuple[torch.Tensor, int]:
+    """(every time a densely filled window [1, 3] is quantised to, the number of spike times among them)."""
+    t_min, t_max = torch.tensor(1.0, dtype=torch.float64), torch.tensor(3.0, dtype=torch.float64)
+    times = torch.linspace(1.0, 3.0, 200_001, dtype=torch.float64)
+    quantised = constraints(times, t_min, t_max).unique()
+    return quantised, int((quantised < t_max).sum())
+
+
+@pytest.mark.parametrize("k", [2, 4, 16])
+def test_k_time_steps_give_k_spike_times_plus_silence(k):
+    values, spiking = distinct_times(SpikeTimeConstraints(time_steps=k))
+    assert spiking == k and values.numel() == k + 1  # k = 0..K-1, and t_max = silent
+    assert torch.allclose(values, 1.0 + torch.arange(k + 1, dtype=torch.float64) * 2.0 / k)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_b_time_bits_give_2b_minus_1_spike_times_plus_silence(bits):
+    # the authors' b-bit fake quantisation of [t_min, t_max]: 2^b grid points, both ends included
+    k = time_steps_for(bits, "bits")
+    assert k == 2**bits - 1
+    values, spiking = distinct_times(SpikeTimeConstraints(time_steps=k))
+    assert spiking == 2**bits - 1 and values.numel() == 2**bits
+    assert torch.allclose(values, torch.linspace(1.0, 3.0, 2**bits, dtype=torch.float64))
+
+
+def test_time_bits_on_a_network_snap_every_window_to_2b_points(network):
+    _, snn, inputs = network
+    constrain_spike_times(snn, time_bits=3)
+    assert snn.spike_constraints.levels == 7
+    record = snn.run(inputs)
+    b = record.boundaries
+    for n, t in enumerate([record.input_times, *record.times]):
+        position = (t - b[n]) / ((b[n + 1] - b[n]) / 7)
+        assert (position - position.round()).abs().max() <= 1e-9
+        assert t.unique().numel() <= 8 and bool(((t >= b[n]) & (t <= b[n + 1])).all())
+    assert time_steps_for(16, "steps") == 16
+
+
+def test_jitter_spares_the_input_spikes_unless_asked(network):
+    _, snn, inputs = network
+    exact = snn.run(inputs)
+    constrain_spike_times(snn, jitter=0.1, seed=0)  # default: hidden outputs only, as the authors' code
+    noisy = snn.run(inputs)
+    assert torch.equal(noisy.input_times, exact.input_times)
+    assert all(not torch.equal(a, c) for a, c in zip(noisy.times, exact.times, strict=True))
+    constrain_spike_times(snn, jitter=0.1, seed=0, jitter_inputs=True)
+    both = snn.run(inputs)
+    spiking = exact.input_times < exact.boundaries[1]
+    assert bool((both.input_times[spiking] != exact.input_times[spiking]).all())
+    assert torch.equal(both.input_times[~spiking], exact.input_times[~spiking])  # silent stays silent
+    assert "jitter_inputs=True" in repr(snn.spike_constraints)
+
+
 def test_weight_quantisation_levels_and_straight_through_gradient(network):
     _, snn, inputs = network
     quantise_weights(snn, bits=4)
@@ -112,6 +166,9 @@ def test_tight_windows_from_quantile(network):
     [
         (lambda snn: constrain_spike_times(snn, jitter=-0.1), "jitter sigma must be >= 0"),
         (lambda snn: constrain_spike_times(snn, time_steps=1), "time_steps must be >= 2"),
+        (lambda snn: constrain_spike_times(snn, time_bits=1), r"time_bits must be in \[2, 24\]"),
+        (lambda snn: constrain_spike_times(snn, time_steps=4, time_bits=2), "not both"),
+        (lambda snn: time_steps_for(4, "levels"), "'steps' or 'bits'"),
         (lambda snn: quantise_weights(snn, bits=1), "bit-width must be >= 2"),
         (lambda snn: reduce_latency(snn, 0.5), "factor must be >= 1"),
     ],

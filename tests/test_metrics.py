@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -58,6 +59,10 @@ def test_dense_spike_counts_by_hand():
     assert stats["synops_per_layer"] == pytest.approx([4.0])
     assert stats["input_synops_total"] == 9 * 3
     assert stats["input_synops_per_sample"] == pytest.approx(27 / 5)
+    # no pooling: every spike is routed, the two counts agree
+    assert stats["routed_synops_total"] == stats["synops_total"]
+    assert stats["routed_synops_per_layer"] == stats["synops_per_layer"]
+    assert stats["routed_input_synops_total"] == stats["input_synops_total"]
     assert stats["latency"] == pytest.approx(3.0)
 
 
@@ -103,13 +108,18 @@ def test_conv_fan_out_and_pool_routing_by_hand():
     assert stats["neurons_per_layer"] == [32]
     assert stats["spikes"] == 2 * 16
     assert stats["spikes_per_neuron"] == pytest.approx(0.5)
-    # 16 spikes per sample, but only the winner of each of the 4 pool windows reaches the 3 readouts
-    assert stats["synops_total"] == 2 * 4 * 3
+    # SPEC 6: each of the 16 spikes per sample is delivered through its pool window to the 3 readouts
+    assert stats["synops_total"] == 2 * 16 * 3
+    assert stats["synops_per_sample"] == pytest.approx(48.0)
+    # routed: only the winner of each of the 4 pool windows of channel 0 goes on
+    assert stats["routed_synops_total"] == 2 * 4 * 3
+    assert stats["routed_synops_per_layer"] == pytest.approx([12.0])
     # 3x3 'same' conv on 4x4: corners are read by 4 (output, tap) pairs, edges by 6, the interior by 9;
     # each pair is a synapse into each of the 2 output channels
     all_inputs = 2 * (4 * 4 + 8 * 6 + 4 * 9)
     assert stats["input_synops_total"] == 2 * all_inputs - 2 * 4
     assert stats["input_synops_per_sample"] == pytest.approx((2 * all_inputs - 8) / 2)
+    assert stats["routed_input_synops_total"] == stats["input_synops_total"]  # no pool before layer 1
 
 
 def test_conv_tap_counts_and_fan_out():
@@ -121,6 +131,10 @@ def test_conv_tap_counts_and_fan_out():
     fan = metrics.fan_out(conv_net().neuron_layers[0], (1, 4, 4))
     assert fan.shape == (1, 4, 4) and int(fan[0, 0, 0]) == 8 and int(fan[0, 1, 1]) == 18
     assert metrics.fan_out(SpikingLinear(5, 7), (5,)).tolist() == [7] * 5
+    # through the 2x2 pool and flatten every conv neuron reaches the 3 readouts
+    inputs, hidden = metrics.unit_fan_out(conv_net())
+    assert torch.equal(inputs, metrics.fan_out(conv_net().neuron_layers[0], (1, 4, 4)))
+    assert hidden.shape == (2, 4, 4) and hidden.eq(3).all()
 
 
 # -- brute force on converted networks ---------------------------------------------------------------
@@ -136,12 +150,18 @@ def random_bn(n: int, gen: torch.Generator) -> nn.BatchNorm2d:
     return bn
 
 
-def relu_conv_model(gen: torch.Generator, leading_pool: bool) -> tuple[nn.Sequential, tuple[int, int, int]]:
-    """Pools (one with a flipped channel), stride remainders, 'same' padding after BN, dense layers."""
+def relu_conv_model(gen: torch.Generator, leading_pool: bool,
+                    pool: tuple[int, int] = (2, 2)) -> tuple[nn.Sequential, tuple[int, int, int]]:
+    """Pools (one with a flipped channel), stride remainders, 'same' padding after BN, dense layers.
+
+    ``pool`` = (kernel, stride) of the pool after the first conv: (2, 2) gives 10 -> 5 (then the
+    stride-2 conv leaves row/column 4 unread); (3, 2) overlapping windows, 10 -> 4 (row/column 9 in
+    no window).
+    """
     layers = [nn.MaxPool2d(2)] if leading_pool else []
     layers += [
-        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), random_bn(3, gen), nn.MaxPool2d(2),  # 10 -> 5
-        nn.Conv2d(3, 4, 2, stride=2), nn.ReLU(), random_bn(4, gen),  # 5 -> 2, row/col 4 unread
+        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), random_bn(3, gen), nn.MaxPool2d(*pool),
+        nn.Conv2d(3, 4, 2, stride=2), nn.ReLU(), random_bn(4, gen),  # -> 2x2
         nn.Conv2d(4, 3, 3, padding=1), nn.ReLU(),  # per-region thresholds
         nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3),
     ]
@@ -183,7 +203,10 @@ def brute_fan_out(layer: SpikingNeurons, shape: tuple[int, ...]) -> dict:
 
 
 def brute_force(snn: SNN, z: torch.Tensor) -> tuple[list[int], list[int], list[int]]:
-    """(spikes per hidden layer, SynOps per source layer [input, hidden...], MACs per neuron layer)."""
+    """(spikes per hidden layer, routed SynOps per source layer [input, hidden...], MACs per neuron layer).
+
+    Routed: the pool is applied to the spike times first and only the events it lets through count.
+    """
     with torch.no_grad():
         record = snn.run(z)
     b = record.boundaries.tolist()
@@ -212,22 +235,81 @@ def brute_force(snn: SNN, z: torch.Tensor) -> tuple[list[int], list[int], list[i
     return spikes, synops, macs
 
 
-@pytest.mark.parametrize("leading_pool", [False, True])
-def test_synops_and_macs_match_brute_force(leading_pool):
-    gen = torch.Generator().manual_seed(11 + leading_pool)
-    torch.manual_seed(11 + leading_pool)
-    model, in_shape = relu_conv_model(gen, leading_pool)
+def unfolded_synapses(modules: list[nn.Module], layer: SpikingNeurons, shape: tuple[int, ...]) -> dict:
+    """Synapses of every unit of a spiking layer of shape ``shape`` (no batch), by explicit enumeration.
+
+    Each unit is followed through the routing modules one path at a time (every pool window whose
+    rectangle contains it; its flat index through flatten) to the inputs of ``layer`` it reaches, and
+    each reached input contributes its synapses into ``layer`` (:func:`brute_fan_out`).
+    """
+    units = list(itertools.product(*(range(s) for s in shape)))
+    reach = {u: [u] for u in units}
+    for module in modules:
+        if isinstance(module, MinTimePool2d):
+            (kh, kw), (sh, sw) = module.kernel_size, module.stride
+            c, h, w = shape
+            oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+            step = {(ch, y, x): [(ch, i, j) for i in range(oh) for j in range(ow)
+                                 if i * sh <= y < i * sh + kh and j * sw <= x < j * sw + kw]
+                    for ch in range(c) for y in range(h) for x in range(w)}
+            shape = (c, oh, ow)
+        else:  # flatten, row-major
+            step = {v: [(sum(i * math.prod(shape[d + 1:]) for d, i in enumerate(v)),)]
+                    for v in itertools.product(*(range(s) for s in shape))}
+            shape = (math.prod(shape),)
+        reach = {u: [v for r in targets for v in step[r]] for u, targets in reach.items()}
+    fan = brute_fan_out(layer, shape)
+    return {u: sum(fan[v] for v in targets) for u, targets in reach.items()}
+
+
+def brute_spec_synops(snn: SNN, z: torch.Tensor) -> tuple[list[int], list[dict]]:
+    """SPEC 6 SynOps per source layer [input, hidden...]: every spike times its unit's synapses."""
+    with torch.no_grad():
+        record = snn.run(z)
+    b = record.boundaries.tolist()
+    segments, between = [], []
+    for layer in snn.layers:
+        if isinstance(layer, SpikingNeurons):
+            segments.append((between, layer))
+            between = []
+        else:
+            between.append(layer)
+    totals, synapses = [], []
+    for m, (t, (modules, layer)) in enumerate(zip([record.input_times, *record.times], segments, strict=True)):
+        counts = unfolded_synapses(modules, layer, tuple(t.shape[1:]))
+        totals.append(sum(counts[u] for sample in t for u in counts if float(sample[u]) < b[m + 1]))
+        synapses.append(counts)
+    return totals, synapses
+
+
+@pytest.mark.parametrize("leading_pool,pool", [(False, (2, 2)), (True, (2, 2)), (False, (3, 2))])
+def test_synops_and_macs_match_brute_force(leading_pool, pool):
+    gen = torch.Generator().manual_seed(11 + leading_pool + pool[0])
+    torch.manual_seed(11 + leading_pool + pool[0])
+    model, in_shape = relu_conv_model(gen, leading_pool, pool)
     z = torch.rand(5, *in_shape, generator=gen, dtype=torch.float64)
     z[z < 0.3] = 0.0  # silent input pixels
     snn = ttfs.convert(model, z)
     assert any(isinstance(m, MinTimePool2d) and m.sign is not None for m in snn.layers)
-    spikes, synops, macs = brute_force(snn, z)
+    spikes, routed, macs = brute_force(snn, z)
+    spec, synapses = brute_spec_synops(snn, z)
     stats = metrics.spike_statistics(snn, [z[:2], z[2:]])
     assert stats["spikes_per_layer"] == spikes
     assert all(0 < s for s in spikes)
-    assert stats["input_synops_total"] == synops[0]
-    assert stats["synops_total"] == sum(synops[1:])
-    assert stats["synops_per_layer"] == pytest.approx([s / 5 for s in synops[1:]], rel=1e-12)
+    # SPEC 6: every spike times the synapses of its neuron, exactly
+    for fan, counts in zip(metrics.unit_fan_out(snn), synapses, strict=True):
+        assert {u: int(fan[u]) for u in counts} == counts
+    assert stats["input_synops_total"] == spec[0]
+    assert stats["synops_total"] == sum(spec[1:])
+    assert [round(s * 5) for s in stats["synops_per_layer"]] == spec[1:]
+    # the pool-winner count, separately
+    assert stats["routed_input_synops_total"] == routed[0]
+    assert stats["routed_synops_total"] == sum(routed[1:])
+    assert stats["routed_synops_per_layer"] == pytest.approx([s / 5 for s in routed[1:]], rel=1e-12)
+    assert stats["synops_total"] > stats["routed_synops_total"]  # pool losers cost synaptic operations too
+    if pool == (3, 2):
+        hidden = metrics.unit_fan_out(snn)[1]
+        assert hidden[:, -1, :].eq(0).all() and int(hidden.max()) > int(hidden[:, 0, 0].max())  # uncovered, overlaps
     # one MAC per synapse = the sum of all fan-outs into each neuron layer
     assert metrics.macs(snn)["per_layer"] == macs
     assert metrics.relu_macs(model, in_shape)["per_layer"] == macs

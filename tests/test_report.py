@@ -163,17 +163,21 @@ def test_experiment_sections_carry_conversion_evaluation_energy_and_constraints(
     assert "**Conversion: exact**" in md and "Windows Δ per layer (τ_c): 1, 24." in md
     # evaluation: spikes, SynOps, energy, latency
     assert rows(md, "spikes per neuron (hidden layers)")[0][1] == "0.2026"
-    assert rows(md, "SynOps per sample")[0][1] == "694"
+    assert rows(md, "SynOps per sample (every spike × its fan-out, SPEC 6)")[0][1] == "694"
+    assert rows(md, "routed SynOps per sample (pool winners only)")[0][1] == "694"
     assert rows(md, "SNN")[0][1] == "361,281" and rows(md, "ANN (ReLU network)")[0][1] == "1,241,632"
     assert rows(md, "SNN / ANN")[0][1] == "0.2910" and rows(md, "saving (ANN / SNN)")[0][1] == "3.44×"
     assert rows(md, "latency to the output (τ_c)")[0][1] == "159.9"
     assert "0.9 pJ per synaptic operation" in md
-    assert rows(md, "1", "0.2026", "694")  # per layer
+    assert rows(md, "1", "0.2026", "694", "694")  # per layer
     # constraints: value, accuracy before and after fine-tuning, delta to the unconstrained SNN
     assert rows(md, "16", "89.01", "89.07", "-0.04", "+0.02")
-    assert rows(md, "0.1", "88.80 ± 0.12", "88.79 ± 0.12", "-0.25", "-0.26")
+    assert rows(md, "0.1", "0.000629", "88.80 ± 0.12", "88.79 ± 0.12", "-0.25", "-0.26")
     assert rows(md, "2", "6.90", "51.35", "-82.15", "-37.70")
-    assert rows(md, "4", "88.85", "89.17", "-0.20", "+0.12", "0.200", "2.922", "54.7×")
+    assert rows(md, "4", "88.85", "89.17", "-0.20", "+0.12", "0.200", "2.922", "8.55×", "54.7×")
+    assert rows(md, "converted SNN's windows (1 + ζ)·X_n: the latency baseline")[0][-1] == "25"
+    assert rows(md, "0.1", "0.000629", "88.80 ± 0.12")  # jitter: σ / Δ of the hidden window
+    assert "on the spikes of the hidden layers (not the input" in md
     assert "fewest bits within 1.00 pt of the exact SNN after fine-tuning: 4" in md
     assert "> 90 % with 4-bit weights" in md
     assert md.count("hidden biases kept <= 0") == 1  # the training settings behind fmnist_fc2's numbers

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -52,7 +53,8 @@ def evaluate_doc(relu: float = 0.8809, snn: float = 0.8950, spikes: float = 0.20
         "equivalent_relu": {"agreement": 1.0, "max_rel_logit_diff": 4.2e-7},
         "spikes_per_neuron": spikes, "spikes_per_neuron_per_layer": {"layer1": spikes},
         "hidden_neurons": 340, "causality_violations": 0, "clipped_inputs": 0,
-        "synops_per_sample": 693.6, "synops_per_layer": {"layer1": 693.6}, "macs_per_sample": 269920,
+        "synops_per_sample": 693.6, "synops_per_layer": {"layer1": 693.6},
+        "routed_synops_per_sample": 693.6, "routed_synops_per_layer": {"layer1": 693.6}, "macs_per_sample": 269920,
         "energy_pj": {"snn_pj": 361281.44, "ann_pj": 1241632.0, "ratio": 0.29097, "saving": 3.4367},
         "energy_assumptions": {"e_synop_pj": 0.9, "e_mac_pj": 4.6, "first_layer_spiking": False},
         "latency": 159.92, "test_samples": 10000,
@@ -62,6 +64,7 @@ def evaluate_doc(relu: float = 0.8809, snn: float = 0.8950, spikes: float = 0.20
 def sweep_doc() -> dict:
     """Through the real assembly of pipeline.sweeps."""
     sp = sweeps.SweepParams(jitter=(0.0, 0.1), time_steps=(4, 16), weight_bits=(2, 4), latency_factor=(1.0, 4.0))
+    setting = SimpleNamespace(sp=sp)  # what Sweep.setting_details reads
     ref = {"accuracy": 0.8905, "loss": 0.31, "spikes_per_neuron": 0.2026, "causality_violations": 0,
            "latency": 159.92}
     tight = ref | {"latency": 11.69, "quantile": 0.999, "samples": 10000, "windows": [1.0, 10.69]}
@@ -77,11 +80,15 @@ def sweep_doc() -> dict:
                 out |= {"accuracy_std": 0.0012, "spikes_per_neuron_std": 0.0, "accuracy_per_seed": [a] * 3}
             return out
         latency = 159.92 if kind in ("jitter", "weight_bits") else 11.69 / (value if kind == "latency_factor" else 1)
+        windows = [1.0, latency - 1]
         rows.append({"kind": kind, "value": value, "finetune_epochs": 1, "before": m(before), "finetuned": m(after),
-                     "finetune_train_accuracy": 0.92, "latency": latency, "latency_reduction_vs_snn": 159.92 / latency,
-                     "windows": [1.0, latency - 1], "causality_violations": 0,
-                     "delta_snn": {"before_accuracy": before - 0.8905, "finetuned_accuracy": after - 0.8905}})
-    return sweeps.assemble(sp, ref, tight, rows)
+                     "finetune_train_accuracy": 0.92, "latency": latency,
+                     "latency_reduction_vs_conversion": 25.0 / latency,
+                     "latency_reduction_vs_finetuned": 159.92 / latency,
+                     "windows": windows, "causality_violations": 0,
+                     "delta_snn": {"before_accuracy": before - 0.8905, "finetuned_accuracy": after - 0.8905}}
+                    | sweeps.Sweep.setting_details(setting, kind, value, windows))
+    return sweeps.assemble(sp, ref, tight, rows, sweeps.conversion_reference(CONVERT["windows"]))
 
 
 def tune_docs() -> tuple[dict, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 
@@ -53,7 +54,7 @@ def swept(toy, tmp_path_factory):
     snn, data = toy
     sp = parse_sweep(GRID, "experiments.toy.sweep")
     state = tmp_path_factory.mktemp("ckpt") / "sweep.pt"
-    return run_sweep(snn, data, sp, seed=0, state_path=state), sp
+    return run_sweep(snn, data, sp, conversion_windows=snn.deltas, seed=0, state_path=state), sp
 
 
 def test_every_grid_value_has_metrics_before_and_after_finetuning(swept):
@@ -83,7 +84,12 @@ def test_constraints_do_what_they_say(swept):
     latency = result["settings"]["latency_factor"]
     assert latency["1"]["latency"] == pytest.approx(tight["latency"])
     assert latency["8"]["latency"] == pytest.approx(tight["latency"] / 8)
-    assert latency["8"]["latency_reduction_vs_snn"] == pytest.approx(exact["latency"] / latency["8"]["latency"])
+    assert latency["8"]["latency_reduction_vs_finetuned"] == pytest.approx(exact["latency"] / latency["8"]["latency"])
+    # the SNN here is the converted one: both baselines are its windows
+    assert result["conversion"]["latency"] == pytest.approx(exact["latency"])
+    assert latency["8"]["latency_reduction_vs_conversion"] == pytest.approx(
+        latency["8"]["latency_reduction_vs_finetuned"])
+    assert result["time_levels"] == "steps" and steps["16"]["time_steps_per_window"] == 16
     assert latency["8"]["before"]["accuracy"] < latency["1"]["before"]["accuracy"]
 
 
@@ -102,6 +108,73 @@ def test_jitter_is_reported_over_seeds(swept):
         assert noisy[phase]["accuracy_std"] > 0
         assert noisy[phase]["accuracy"] == pytest.approx(sum(noisy[phase]["accuracy_per_seed"]) / 3)
     assert jitter["0"]["before"]["accuracy_std"] == 0
+
+
+def test_sigma_is_also_reported_per_window_width(swept):
+    result, _ = swept
+    noisy = result["settings"]["jitter"]["0.2"]
+    windows = noisy["windows"]
+    assert result["jitter_inputs"] is False
+    # hidden windows only: the input spikes are not jittered by default
+    assert noisy["sigma_relative_per_layer"] == pytest.approx(
+        {f"layer{n}": 0.2 / windows[n] for n in range(1, len(windows))})
+    assert sweeps.relative_sigma(0.1, [1.0, 4.0], jitter_inputs=True) == {"input": 0.1, "layer1": 0.025}
+    assert "sigma_relative_per_layer" not in result["settings"]["weight_bits"]["2"]
+
+
+def test_latency_reduction_is_measured_against_the_conversion_windows(toy, tmp_path):
+    snn, data = toy
+    finetuned = copy.deepcopy(snn)
+    with torch.no_grad():
+        finetuned.deltas[1:] *= 10.0  # as the adaptive rule (kappa) leaves them: same function, later readout
+    sp = parse_sweep({"jitter": [], "time_steps": [], "weight_bits": [], "latency_factor": [1, 4],
+                      "latency_base": "model", "finetune_epochs": 0}, "s")
+    result = run_sweep(finetuned, data, sp, conversion_windows=snn.deltas, seed=0, state_path=tmp_path / "s.pt")
+    conversion = float(snn.latency())
+    assert result["conversion"]["windows"] == pytest.approx(snn.deltas.tolist())
+    assert result["conversion"]["latency"] == pytest.approx(conversion)
+    for factor, r in ((1, result["settings"]["latency_factor"]["1"]), (4, result["settings"]["latency_factor"]["4"])):
+        assert r["latency"] == pytest.approx(float(finetuned.latency()) / factor, rel=1e-6)
+        assert r["latency_reduction_vs_finetuned"] == pytest.approx(factor, rel=1e-6)
+        assert r["latency_reduction_vs_conversion"] == pytest.approx(conversion / r["latency"], rel=1e-6)
+    # "4x shorter" than the inflated windows is still longer than the conversion's windows
+    assert result["settings"]["latency_factor"]["4"]["latency_reduction_vs_conversion"] < 1
+    with pytest.raises(ValueError, match="not the same network"):
+        run_sweep(finetuned, data, sp, conversion_windows=snn.deltas[:1], seed=0, state_path=tmp_path / "t.pt")
+
+
+def test_time_levels_bits_use_2b_minus_1_steps_and_inputs_can_be_jittered(toy, tmp_path):
+    snn, data = toy
+    sp = parse_sweep({"time_levels": "bits", "time_steps": [3], "jitter_inputs": True}, "s")
+    sweep = sweeps.Sweep(snn, data, sp, conversion_windows=snn.deltas, seed=0, device="cpu", dtype=torch.float32,
+                         state_path=tmp_path / "s.pt")
+    assert sweep.constrained("time_steps", 3).spike_constraints.levels == 7
+    assert sweep.setting_details("time_steps", 3, [1.0, 2.0]) == {"time_steps_per_window": 7}
+    jittered = sweep.constrained("jitter", 0.05)
+    assert jittered.spike_constraints.input_start is None  # input spikes jittered too
+    z = data.test_x[:8]
+    assert not torch.equal(jittered.run(z).input_times, snn.run(z).input_times)
+    assert sweep.setting_details("jitter", 0.05, [1.0, 2.0])["sigma_relative_per_layer"] == pytest.approx(
+        {"input": 0.05, "layer1": 0.025})
+
+
+def test_a_sweep_in_time_bits_reports_the_steps_it_used(toy, tmp_path):
+    from pipeline.report import builder
+
+    snn, data = toy
+    sp = parse_sweep({"time_levels": "bits", "time_steps": [2, 3], "jitter": [0.05], "jitter_seeds": 1,
+                      "jitter_inputs": True, "weight_bits": [], "latency_factor": [], "finetune_epochs": 0}, "s")
+    result = run_sweep(snn, data, sp, conversion_windows=snn.deltas, seed=0, state_path=tmp_path / "s.pt")
+    lineage = {"experiment": "toy", "dataset": "synthetic", "data_sha256": "d" * 64, "pretrain_params_hash": "p" * 16}
+    typed = SweepResult.model_validate({**result, "params_hash": "0123456789abcdef", "lineage": lineage})
+    assert typed.time_levels == "bits" and typed.jitter_inputs
+    rows = typed.settings.rows("time_steps")
+    assert [r.time_steps_per_window for r in rows] == [3, 7]
+    assert builder.sweep_details("time_steps", rows, True, bits=True) == ("steps per window", ["3", "7"])
+    label, cells = builder.sweep_details("jitter", typed.settings.rows("jitter"), True, bits=True)
+    assert label == "σ / Δ (input and hidden windows)" and "–" in cells[0]  # input and hidden widths differ
+    assert sweeps.rows_for(result, "time_steps")[1]["time_steps_per_window"] == 7
+    assert sweeps.xlabel("time_steps", result).startswith("time bits b")
 
 
 def test_outputs_plots_and_csv(swept, tmp_path, monkeypatch):
@@ -138,12 +211,12 @@ def test_interrupted_sweep_resumes_without_redoing_finished_settings(toy, swept,
     monkeypatch.setattr(sweeps.Sweep, "run_setting", counting)
     state_path = tmp_path / "sweep.pt"
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(snn, data, sp, seed=0, state_path=state_path)
+        run_sweep(snn, data, sp, conversion_windows=snn.deltas, seed=0, state_path=state_path)
     assert calls == ["jitter=0.2", "weight_bits=2"]
     state = sweeps.checkpoint.load(state_path)
     assert list(state["results"]) == ["jitter=0.2"]
     calls.clear()
-    result = run_sweep(snn, data, sp, seed=0, state_path=state_path, state=state)
+    result = run_sweep(snn, data, sp, conversion_windows=snn.deltas, seed=0, state_path=state_path, state=state)
     assert calls == ["weight_bits=2", "latency_factor=8"]
     full = swept[0]["settings"]
     for kind, value in (("jitter", "0.2"), ("weight_bits", "2"), ("latency_factor", "8")):
@@ -178,6 +251,8 @@ def parse_sweep(section, _path=None):
         ({"window_quantile": 1.5}, r"window_quantile: input should be less than or equal to 1"),
         ({"latency_base": "loose"}, r"latency_base: expected one of tight, model"),
         ({"bits": [4]}, r"experiments\.toy\.sweep\.bits: unknown key; allowed keys: jitter"),
+        ({"time_levels": "bits", "time_steps": [4, 30]}, r"time_steps\[1\]: at most 24 time bits .*got 30"),
+        ({"time_levels": "levels"}, r"time_levels: expected one of steps, bits"),
     ],
 )
 def test_bad_grid_values_are_rejected_with_the_key_and_value(section, message):
@@ -279,9 +354,10 @@ def test_a_missing_sweep_section_is_reported(tiny_params, tmp_path):
 def test_latency_base_model_shrinks_the_models_own_windows(toy, tmp_path):
     snn, data = toy
     sp = parse_sweep({"latency_base": "model"}, "s")
-    sweep = sweeps.Sweep(snn, data, sp, seed=0, device="cpu", dtype=torch.float32, state_path=tmp_path / "s.pt")
+    sweep = sweeps.Sweep(snn, data, sp, conversion_windows=snn.deltas, seed=0, device="cpu", dtype=torch.float32,
+                         state_path=tmp_path / "s.pt")
     shrunk = sweep.constrained("latency_factor", 4.0)
     assert float(shrunk.latency()) == pytest.approx(float(snn.latency()) / 4, rel=1e-6)
-    tight = sweeps.Sweep(snn, data, parse_sweep({}, "s"), seed=0, device="cpu", dtype=torch.float32,
-                         state_path=tmp_path / "s.pt").constrained("latency_factor", 4.0)
+    tight = sweeps.Sweep(snn, data, parse_sweep({}, "s"), conversion_windows=snn.deltas, seed=0, device="cpu",
+                         dtype=torch.float32, state_path=tmp_path / "s.pt").constrained("latency_factor", 4.0)
     assert float(tight.latency()) < float(shrunk.latency())

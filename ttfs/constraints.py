@@ -1,14 +1,23 @@
 """Hardware constraints (SPEC 5): spike-time jitter, time steps per window, weight bit-width, latency.
 
 Each constraint works for evaluation and for fine-tuning (gradients pass straight through the
-rounding steps). Spike-time constraints act on every emitted spike, input spikes included:
+rounding steps). Spike-time constraints act on every emitted spike in this order:
 
-1. jitter: t <- t + N(0, sigma^2) for spiking neurons; silent neurons stay silent;
+1. jitter: t <- t + N(0, sigma^2) for spiking neurons; silent neurons stay silent. By default only
+   the outputs of hidden layers are jittered, as in the authors' code (its noise is added to the
+   spike times each layer computes, never to the input encoding); ``jitter_inputs=True`` jitters
+   the input spikes too;
 2. saturation: t is clipped into its window [t_min, t_max]; a spike pushed to t_max is lost
    (silent), a spike before t_min is registered at t_min (the activation saturates at Delta);
-3. time steps: the window is divided into K steps of Delta / K and t snaps to the *nearest* grid
-   point t_min + k Delta / K, k = 0..K (ties away from zero); landing on t_max (k = K) means silent.
+3. time quantisation, input spikes included: the window is divided into K steps of Delta / K and t
+   snaps to the *nearest* grid point t_min + k Delta / K, k = 0..K (ties away from zero); landing on
+   t_max (k = K) means silent. A spike can therefore take K distinct times, k = 0..K-1, plus silence.
    Rounding cannot move a spike before t_min because saturation came first.
+
+   K is given directly (``time_steps``) or as a bit-width b (``time_bits``), K = 2^b - 1. The
+   authors' code fake-quantises spike times to b bits over [t_min, t_max]: 2^b grid points with
+   both ends included, i.e. 2^b - 1 steps, the top point being t_max (silence). So b bits give
+   2^b - 1 spike times plus silence, 2^b codes in all; K steps give K spike times plus silence.
 
 Weights are fake-quantised per layer, symmetric and uniform: scale = range / (2^(b-1) - 1) with the
 range the largest |W| (or a percentile of |W|), W_q = clip(round(W / scale)) * scale. Thresholds
@@ -32,10 +41,33 @@ def _straight_through(value: Tensor, rounded: Tensor) -> Tensor:
     return value + (rounded - value).detach()
 
 
-class SpikeTimeConstraints(nn.Module):
-    """Jitter, saturation and time quantisation applied to the spikes of every window."""
+#: Largest time bit-width: 2^24 steps already reach the resolution of a float32 window.
+MAX_TIME_BITS = 24
 
-    def __init__(self, jitter: float = 0.0, time_steps: int | None = None, seed: int | None = None):
+
+def time_steps_for(value: int, time_levels: str = "steps") -> int:
+    """Steps K per window of a time-quantisation setting: ``value`` itself for ``"steps"``, or
+    2^value - 1 for ``"bits"`` (b bits code 2^b - 1 spike times plus silence, as the authors' code)."""
+    if time_levels == "steps":
+        return int(value)
+    if time_levels == "bits":
+        if not 2 <= value <= MAX_TIME_BITS:
+            raise ValueError(f"time_bits must be in [2, {MAX_TIME_BITS}], got {value}")
+        return 2 ** int(value) - 1
+    raise ValueError(f"time_levels must be 'steps' or 'bits', got {time_levels!r}")
+
+
+class SpikeTimeConstraints(nn.Module):
+    """Jitter, saturation and time quantisation applied to the spikes of every window.
+
+    ``input_start``: t_min^(0), the start of the input window. A call whose window starts there
+    quantises the input encoding but does not jitter it (the input window is the only one that
+    starts at t_min^(0): every later one starts a positive width after it). None: every call is a
+    layer's output and is jittered. :func:`constrain_spike_times` sets it from ``jitter_inputs``.
+    """
+
+    def __init__(self, jitter: float = 0.0, time_steps: int | None = None, seed: int | None = None,
+                 input_start: float | None = None):
         super().__init__()
         if jitter < 0:
             raise ValueError(f"jitter sigma must be >= 0, got {jitter}")
@@ -43,20 +75,31 @@ class SpikeTimeConstraints(nn.Module):
             raise ValueError(f"time_steps must be >= 2 (steps per window), got {time_steps}")
         self.jitter = float(jitter)
         self.time_steps = time_steps
+        self.input_start = None if input_start is None else float(input_start)
         self.generator: torch.Generator | None = None
         self.seed = seed
+
+    @property
+    def levels(self) -> int | None:
+        """Distinct spike times a window can hold (silence not counted): K, or None without quantisation."""
+        return self.time_steps
 
     def reseed(self, seed: int, device: torch.device | str = "cpu") -> None:
         """Make the jitter reproducible (one generator per evaluation seed)."""
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
+    def _jittered(self, t: Tensor, t_min: Tensor, t_max: Tensor) -> Tensor:
+        if self.generator is None and self.seed is not None:
+            self.reseed(self.seed, t.device)
+        noise = torch.randn(t.shape, generator=self.generator, device=t.device, dtype=t.dtype)
+        moved = t < t_max  # silent neurons stay silent
+        if self.input_start is not None:
+            moved = moved & (t_min > self.input_start)  # a tensor test: no host sync per layer
+        return torch.where(moved, t + self.jitter * noise, t)
+
     def forward(self, t: Tensor, t_min: Tensor, t_max: Tensor) -> Tensor:
-        spiking = t < t_max
         if self.jitter > 0:
-            if self.generator is None and self.seed is not None:
-                self.reseed(self.seed, t.device)
-            noise = torch.randn(t.shape, generator=self.generator, device=t.device, dtype=t.dtype)
-            t = torch.where(spiking, t + self.jitter * noise, t)
+            t = self._jittered(t, t_min, t_max)
         t = torch.minimum(torch.maximum(t, t_min), t_max)
         if self.time_steps is not None:
             step = (t_max - t_min) / self.time_steps
@@ -66,7 +109,7 @@ class SpikeTimeConstraints(nn.Module):
         return t
 
     def extra_repr(self) -> str:
-        return f"jitter={self.jitter}, time_steps={self.time_steps}"
+        return f"jitter={self.jitter}, time_steps={self.time_steps}, jitter_inputs={self.input_start is None}"
 
 
 class FakeQuantise(nn.Module):
@@ -110,12 +153,21 @@ def quantise_weights(snn: SNN, bits: int | None, percentile: float = 100.0) -> S
 
 
 def constrain_spike_times(snn: SNN, jitter: float = 0.0, time_steps: int | None = None,
-                          seed: int | None = None) -> SNN:
+                          seed: int | None = None, *, time_bits: int | None = None,
+                          jitter_inputs: bool = False) -> SNN:
     """Attach spike-time constraints to ``snn`` in place; with no jitter and no steps only saturation.
 
-    ``snn.spike_constraints = None`` returns to the exact, unconstrained network.
+    Time quantisation: ``time_steps`` K, or ``time_bits`` b (K = 2^b - 1, module docstring), not
+    both. ``jitter_inputs``: jitter the input spikes as well (default: hidden outputs only, as the
+    authors' code); the input window is recognised by its start ``snn.t_start`` as it is now, so
+    attach again after moving it. ``snn.spike_constraints = None`` returns to the exact network.
     """
-    snn.spike_constraints = SpikeTimeConstraints(jitter, time_steps, seed)
+    if time_bits is not None:
+        if time_steps is not None:
+            raise ValueError("give time_steps or time_bits, not both")
+        time_steps = time_steps_for(time_bits, "bits")
+    input_start = None if jitter_inputs else float(snn.t_start)
+    snn.spike_constraints = SpikeTimeConstraints(jitter, time_steps, seed, input_start)
     return snn
 
 
@@ -204,6 +256,7 @@ def clamp_hidden_biases(model: nn.Module) -> None:
 
 
 __all__ = [
-    "FakeQuantise", "SpikeTimeConstraints", "activation_quantiles", "clamp_hidden_biases", "constrain_spike_times",
-    "quantise_weights", "reduce_latency", "set_input_window", "tighten_windows",
+    "MAX_TIME_BITS", "FakeQuantise", "SpikeTimeConstraints", "activation_quantiles", "clamp_hidden_biases",
+    "constrain_spike_times", "quantise_weights", "reduce_latency", "set_input_window", "tighten_windows",
+    "time_steps_for",
 ]

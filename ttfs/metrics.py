@@ -7,24 +7,32 @@ Definitions (per sample unless a name says ``total``):
   x > 0. Every neuron spikes at most once.
 * **Spikes per neuron** (the paper's sparsity): hidden spikes / (samples x hidden neurons); input and
   readout layers excluded; a conv unit is one neuron per position and channel; silent neurons count 0.
-* **Fan-out** of a unit that feeds neuron layer m: the number of synapses from it into layer m. A dense
-  layer gives every input ``out_features`` synapses. A convolution gives input position (h, w) of any
-  channel ``out_channels`` x (number of (output position, kernel tap) pairs that read (h, w)); taps
-  that read zero padding are no synapses, so border units have a smaller fan-out, and positions no
-  output reads (stride remainders) have none. Weights that happen to be 0 still count as synapses.
-* **Routing through pooling and flatten.** A hidden layer's spikes reach the next neuron layer through
-  min-time pooling and flatten. SynOps are counted on what arrives there: a max-pool (min-time pool)
-  window emits one event, the earliest spike of its window (the latest for channels whose pooling
-  sign is flipped, which then spikes only if every input of the window spiked), and only that event
-  fans out; the other spikes of the window are stopped at the pool and cost no synaptic operation.
-  With overlapping windows one neuron may be routed once per window it wins. Without pooling every
-  spike is routed, so the count is exactly "sum over spikes of the fan-out of the spiking neuron".
-* **SynOps** of hidden layer n: sum over the events arriving at neuron layer n+1 (which may be the
-  readout) of their fan-out into it. ``synops`` sums hidden layers 1..N-1; ``input_synops`` counts
-  the spikes of the input encoding into layer 1 the same way and is reported separately.
+* **Fan-out into a neuron layer** (:func:`fan_out`) of a unit of that layer's input: its number of
+  synapses there. A dense layer gives every input ``out_features`` synapses. A convolution gives input
+  position (h, w) of any channel ``out_channels`` x (number of (output position, kernel tap) pairs that
+  read (h, w)); taps that read zero padding are no synapses, so border units have a smaller fan-out,
+  and positions no output reads (stride remainders) have none. Weights that happen to be 0 still count.
+* **Fan-out of a neuron** (:func:`unit_fan_out`): the synapses of a spiking neuron in the unfolded
+  connectivity, through the min-time pooling and flatten between it and the next neuron layer:
+  the sum, over every pool window that contains the neuron, of that window's fan-out into the next
+  neuron layer (with non-overlapping windows the fan-out of its one window; 0 for a position no window
+  covers). Each (pool window, synapse) path counts once, so with overlapping windows a neuron that
+  reaches one target through two windows has two synapses to it.
+* **SynOps** (SPEC 6): sum over the spikes of the fan-out of the spiking neuron. A spike costs its
+  synaptic operations whether or not it wins its pool window: hardware delivers every spike along
+  all its synapses (pooling is the min of the arrival times at the target, decided there).
+  ``synops`` sums hidden layers 1..N-1 (fan-out into layers 2..N, readout included);
+  ``input_synops`` counts the spikes of the input encoding into layer 1 the same way and is reported
+  separately.
+* **Routed SynOps**: what would be left if pooling were done before the synapses, by a router that
+  forwards only the winner of each pool window (the earliest spike; the latest for channels whose
+  pooling sign is flipped, which then fires only if every input of the window spiked): the sum over
+  the events arriving at the next neuron layer of their fan-out into it (:func:`fan_out`). A lower
+  bound for pooled networks; equal to SynOps without pooling. Not the SPEC metric: reported under
+  its own name (``routed_synops``).
 * **MACs** of the equivalent ReLU network: one multiply-accumulate per synapse, i.e. the sum of the
-  fan-outs of all units (zero-padding taps excluded unless ``include_padding``); pooling, batch
-  norm (folded) and ReLU cost none.
+  fan-outs of all units into each neuron layer (zero-padding taps excluded unless
+  ``include_padding``); pooling, batch norm (folded) and ReLU cost none.
 """
 
 from __future__ import annotations
@@ -36,12 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import SpikingConv2d, SpikingLinear, SpikingNeurons, conv_padding
+from .layers import MinTimePool2d, SpikingConv2d, SpikingLinear, SpikingNeurons, conv_padding
 from .network import SNN, SpikeRecord
 
 __all__ = [
     "E_MAC_PJ", "E_SYNOP_PJ", "compare_to_relu", "conv_tap_counts", "energy_estimate", "fan_out", "latency",
-    "macs", "relu_macs", "spike_statistics",
+    "macs", "relu_macs", "spike_statistics", "unit_fan_out",
 ]
 
 #: Energy of one 32-bit float addition (a synaptic operation) and one 32-bit float multiply-accumulate
@@ -131,6 +139,69 @@ def _to(x: Tensor, ref: Tensor) -> Tensor:
 # -- spike statistics --------------------------------------------------------------------------------
 
 
+def _segments(snn: SNN) -> list[list[nn.Module]]:
+    """The routing modules (pooling, flatten) in front of each neuron layer, in call order."""
+    segments: list[list[nn.Module]] = []
+    between: list[nn.Module] = []
+    for layer in snn.layers:
+        if isinstance(layer, SpikingNeurons):
+            segments.append(between)
+            between = []
+        else:
+            between.append(layer)
+    return segments
+
+
+def _route_back(module: nn.Module, fan: Tensor, in_shape: Sequence[int]) -> Tensor:
+    """Fan-out of every unit of ``module``'s input, from the fan-out of every unit of its output.
+
+    Routing is linear in the paths it opens: a unit reaches every output that reads it, so its
+    fan-out is the sum of theirs (a transposed sum-pool, i.e. ``fold``, for a pool; a reshape for
+    flatten).
+    """
+    in_shape = tuple(int(s) for s in in_shape)
+    if isinstance(module, nn.Flatten):
+        return fan.reshape(in_shape)
+    if isinstance(module, MinTimePool2d):
+        channels, taps = in_shape[0], module.kernel_size[0] * module.kernel_size[1]
+        cols = fan.to(torch.float64).reshape(channels, 1, -1).expand(-1, taps, -1).reshape(1, channels * taps, -1)
+        folded = F.fold(cols, in_shape[1:], module.kernel_size, stride=module.stride)[0]
+        return folded.round().to(torch.long)
+    raise TypeError(f"no fan-out rule for {type(module).__name__} between neuron layers")
+
+
+def _sources(record: SpikeRecord) -> list[Tensor]:
+    """Spike times of every spiking layer: the input encoding, then hidden layers 1..N-1."""
+    return [record.input_times, *record.times]
+
+
+@torch.no_grad()
+def unit_fan_out(snn: SNN, record: SpikeRecord | None = None) -> list[Tensor]:
+    """Fan-out of every neuron (module docstring), per spiking layer: the input, then hidden 1..N-1.
+
+    Each map has the shape of the layer's spike times without the batch dimension (int64, on the
+    SNN's device). ``record``: any :class:`SpikeRecord` of ``snn`` (only its shapes are used); by
+    default one zero input is run without the spike-time constraints (which could draw noise).
+    """
+    if record is None:
+        saved, snn.spike_constraints = snn.spike_constraints, None
+        try:
+            record = snn.run(torch.zeros(1, *snn.encoder.in_shape, dtype=snn.deltas.dtype, device=snn.deltas.device))
+        finally:
+            snn.spike_constraints = saved
+    maps = []
+    for source, modules, layer in zip(_sources(record), _segments(snn), snn.neuron_layers, strict=True):
+        t, shapes = source[:1], []
+        for module in modules:
+            shapes.append(t.shape[1:])
+            t = module(t)
+        fan = fan_out(layer, t.shape[1:])
+        for module, shape in zip(reversed(modules), reversed(shapes), strict=True):
+            fan = _route_back(module, fan, shape)
+        maps.append(fan.to(source.device))
+    return maps
+
+
 class _SpikeCounter:
     """Accumulates spike counts, causality violations and SynOps over SpikeRecords of one SNN."""
 
@@ -144,19 +215,25 @@ class _SpikeCounter:
         self.spikes = [0] * hidden
         self.violations = [0] * hidden
         self.phase1 = [0] * hidden
-        self.synops = [0] * hidden  # by source hidden layer
+        # by source layer: 0 = the input encoding, n = hidden layer n
+        self.synops = [0] * len(self.layers)
+        self.routed = [0] * len(self.layers)
         self.input_spikes = 0
-        self.input_synops = 0
         self.clipped = 0
-        self._fan_out: dict[int, Tensor] = {}
+        self._unit_fan: list[Tensor] | None = None
+        self._routed_fan: list[Tensor] | None = None
 
-    def _events(self, record: SpikeRecord, m: int) -> tuple[int, int]:
-        """(events, synops) of the units arriving at neuron layer m (0-based), over the batch."""
-        t = record.layer_inputs[m]
-        if m not in self._fan_out:
-            self._fan_out[m] = fan_out(self.layers[m], t.shape[1:]).to(t.device)
-        spiking = t < record.boundaries[m + 1]  # silent = t_max of the source layer
-        return int(spiking.sum()), int((spiking * self._fan_out[m]).sum())
+    def _count_synops(self, record: SpikeRecord) -> None:
+        """SPEC SynOps (every spike x the neuron's fan-out) and routed SynOps (events reaching the next layer)."""
+        if self._unit_fan is None:
+            self._unit_fan = unit_fan_out(self.snn, record)
+            self._routed_fan = [fan_out(layer, t.shape[1:]).to(t.device)
+                                for layer, t in zip(self.layers, record.layer_inputs, strict=True)]
+        b = record.boundaries
+        for m, (source, arriving) in enumerate(zip(_sources(record), record.layer_inputs, strict=True)):
+            t_max = b[m + 1]  # silent = t_max of the source layer, also after pooling and flatten
+            self.synops[m] += int(((source < t_max) * self._unit_fan[m]).sum())
+            self.routed[m] += int(((arriving < t_max) * self._routed_fan[m]).sum())
 
     def add(self, record: SpikeRecord) -> None:
         self.samples += record.logits.shape[0]
@@ -168,9 +245,7 @@ class _SpikeCounter:
         if self.alpha1 and record.times:
             counts = self.snn.phase1_spikes(record)
             self.phase1 = [a + int(b) for a, b in zip(self.phase1, counts, strict=True)]
-        for m in range(1, len(self.layers)):
-            self.synops[m - 1] += self._events(record, m)[1]
-        self.input_synops += self._events(record, 0)[1]
+        self._count_synops(record)
         self.input_spikes += int((record.input_times < record.boundaries[1]).sum())
         clipped = record.clipped_inputs  # a method (a field in earlier versions of SpikeRecord)
         self.clipped += int(clipped() if callable(clipped) else clipped)
@@ -182,6 +257,7 @@ class _SpikeCounter:
         neurons = self.neurons or []
         hidden = sum(neurons)
         input_units = math.prod(self.snn.encoder.in_shape)
+        synops, routed = self.synops[1:], self.routed[1:]
         return {
             "split": split,
             "samples": s,
@@ -198,11 +274,16 @@ class _SpikeCounter:
             "clipped_inputs": self.clipped,
             "input_spikes": self.input_spikes,
             "input_spikes_per_unit": self.input_spikes / (s * input_units),
-            "synops_total": sum(self.synops),
-            "synops_per_sample": sum(self.synops) / s,
-            "synops_per_layer": [k / s for k in self.synops],
-            "input_synops_total": self.input_synops,
-            "input_synops_per_sample": self.input_synops / s,
+            "synops_total": sum(synops),
+            "synops_per_sample": sum(synops) / s,
+            "synops_per_layer": [k / s for k in synops],
+            "input_synops_total": self.synops[0],
+            "input_synops_per_sample": self.synops[0] / s,
+            "routed_synops_total": sum(routed),
+            "routed_synops_per_sample": sum(routed) / s,
+            "routed_synops_per_layer": [k / s for k in routed],
+            "routed_input_synops_total": self.routed[0],
+            "routed_input_synops_per_sample": self.routed[0] / s,
             "latency": latency(self.snn),
         }
 
@@ -221,8 +302,11 @@ def spike_statistics(snn: SNN, batches, split: str | None = None) -> dict:
     ``spikes_per_neuron_per_layer``, ``causality_violations`` (+ ``_per_layer``; spikes before their
     window), ``phase1_spikes`` (+ ``_per_layer``; alpha1 threshold crossings before t_min, 0 for B1),
     ``clipped_inputs`` (total), ``input_spikes`` (total) and ``input_spikes_per_unit``,
-    ``synops_total``, ``synops_per_sample`` and ``synops_per_layer`` (per sample, by source hidden
-    layer), ``input_synops_total`` and ``input_synops_per_sample``, ``latency``.
+    ``synops_total``, ``synops_per_sample`` and ``synops_per_layer`` (SPEC 6: every spike times the
+    fan-out of its neuron; per sample, by source hidden layer), ``input_synops_total`` and
+    ``input_synops_per_sample`` (the same for the input spikes), the pool-winner counts
+    ``routed_synops_total``, ``routed_synops_per_sample``, ``routed_synops_per_layer``,
+    ``routed_input_synops_total`` and ``routed_input_synops_per_sample``, and ``latency``.
     """
     counter = _SpikeCounter(snn)
     ref = snn.deltas
@@ -316,7 +400,10 @@ def energy_estimate(stats: Mapping, macs: Mapping, first_layer_spiking: bool = F
     * SNN = 0.9 pJ x SynOps of the hidden layers (``stats["synops_per_sample"]``), plus the first
       layer: if ``first_layer_spiking`` the input is spike-encoded and adds 0.9 pJ x
       ``stats["input_synops_per_sample"]``; otherwise (default, as usual for analog-input images)
-      the first layer is a non-spiking MAC layer, 4.6 pJ x ``macs["first_layer"]``.
+      the first layer is a non-spiking MAC layer, 4.6 pJ x ``macs["first_layer"]``. These are the
+      SynOps of SPEC 6, every spike times its neuron's fan-out, not the pool-winner
+      (``routed_synops``) count: a spike that loses its pool window was still delivered along its
+      synapses, and counting only winners would flatter the SNN.
     * ANN = 4.6 pJ x ``macs["total"]`` (all layers, readout included).
 
     ``stats`` is the dict of :func:`spike_statistics`, ``macs`` that of :func:`macs`. Returns

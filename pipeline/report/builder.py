@@ -25,6 +25,8 @@ SWEEP_TITLE = {"jitter": "Spike-time jitter", "time_steps": "Time quantisation",
                "weight_bits": "Weight quantisation", "latency_factor": "Reduced latency"}
 SWEEP_BEST = {"jitter": "largest σ", "time_steps": "smallest K", "weight_bits": "fewest bits",
               "latency_factor": "largest factor"}
+#: the time kind when its grid values are bit-widths (sweep.time_levels: bits)
+TIME_BITS_VALUE, TIME_BITS_BEST = "time bits b (2^b − 1 steps)", "fewest time bits"
 EVALUATE_PLOTS = (("spikes_per_layer.png", "spikes per neuron per layer"),
                   ("spike_times.png", "spike-time distribution"), ("raster.png", "spike raster"))
 DYNAMICS_PLOTS = ("training_curves.png", "cosine.png", "jacobian_spectra.png", "jacobian_depth.png")
@@ -103,19 +105,46 @@ class SweepKind:
     value_label: str
     rows: list[Setting]
     note: str
+    detail_label: str | None  # an extra column: σ relative to the windows (jitter), steps per window (time bits)
+    details: list[str]
+
+
+def _relative_range(values: dict[str, float] | None) -> str:
+    """σ / Δ over the jittered windows: one value, or 'smallest–largest'."""
+    if not values:
+        return DASH
+    low, high = min(values.values()), max(values.values())
+    return f"{low:.3g}" if f"{low:.3g}" == f"{high:.3g}" else f"{low:.3g}–{high:.3g}"
+
+
+def sweep_details(kind: str, rows: list[Setting], jitter_inputs: bool, bits: bool) -> tuple[str | None, list[str]]:
+    """The extra column of a kind, its label and one cell per row: σ per window width for jitter, and the
+    steps K = 2^b - 1 when the time grid is in bits (in steps the grid value is K already)."""
+    if kind == "jitter":
+        where = "input and hidden windows" if jitter_inputs else "hidden windows"
+        return f"σ / Δ ({where})", [_relative_range(r.sigma_relative_per_layer) for r in rows]
+    if kind == "time_steps" and bits:
+        return "steps per window", [DASH if r.time_steps_per_window is None else str(r.time_steps_per_window)
+                                    for r in rows]
+    return None, []
 
 
 def sweep_kinds(e: ExperimentInputs) -> list[SweepKind]:
     sw = e.sweep
     if sw is None:
         return []
+    bits = sw.time_levels == "bits"
     out = []
     for kind in KINDS:
         line = paper.PAPER_CONSTRAINTS[kind][0].upper() + paper.PAPER_CONSTRAINTS[kind][1:]
         best = getattr(sw.within_tolerance, kind)
-        ours = (f"Ours: {SWEEP_BEST[kind]} within {100 * sw.tolerance:.2f} pt of the exact SNN after fine-tuning: "
+        best_label = TIME_BITS_BEST if bits and kind == "time_steps" else SWEEP_BEST[kind]
+        ours = (f"Ours: {best_label} within {100 * sw.tolerance:.2f} pt of the exact SNN after fine-tuning: "
                 f"{'none in the grid' if best is None else f'{best:.4g}'}. ")
-        out.append(SweepKind(kind, SWEEP_TITLE[kind], SWEEP_VALUE[kind], sw.settings.rows(kind), ours + line + "."))
+        rows = sw.settings.rows(kind)
+        label = TIME_BITS_VALUE if bits and kind == "time_steps" else SWEEP_VALUE[kind]
+        out.append(SweepKind(kind, SWEEP_TITLE[kind], label, rows, ours + line + ".",
+                             *sweep_details(kind, rows, sw.jitter_inputs, bits)))
     return out
 
 
