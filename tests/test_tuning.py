@@ -606,7 +606,7 @@ def test_trials_are_chosen_on_validation_only(workspace, monkeypatch):
     x, y = runner.test
     runner.test = (x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))])
     scrambled = runner.run(l1=1e-3, lr=1e-3)
-    for key in objective.OBJECTIVES:
+    for key in tuning.OBJECTIVES:
         assert scrambled[key] == clean[key]
     assert scrambled["test_accuracy"] != clean["test_accuracy"]
     train = {tuple(r) for r in runner.train[0].flatten(1).tolist()}
