@@ -17,7 +17,9 @@ The JSON is rewritten after every run, and ``--resume`` skips runs already in it
 exists), so seeds can be added later. Every trained ReLU network's state_dict is kept in ``--models``
 (``benchmarks/weight_percentile.py`` reads the chosen recipe's seed-0 network from there).
 
-    .venv/bin/python benchmarks/lenet5_sparsity.py --seeds 0 1   # writes benchmarks/results/lenet5_sparsity.{json,png}
+    PYTHONPATH=. .venv/bin/python benchmarks/lenet5_sparsity.py --seeds 0 1   # writes results/lenet5_sparsity.*
+
+(``PYTHONPATH=.`` makes this checkout's ttfs and pipeline win over the editable install, e.g. in a worktree.)
 """
 
 from __future__ import annotations

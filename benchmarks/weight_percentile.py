@@ -19,12 +19,13 @@ The SNN's windows are set to 10 times each layer's largest activation on 10,000 
 (kappa = 10 times the largest activation seen), and Adam's steps in the SNN's weights scale with them.
 One process, one thread.
 
-    .venv/bin/python benchmarks/weight_percentile.py     # writes benchmarks/results/weight_percentile.{json,png}
+    PYTHONPATH=. .venv/bin/python benchmarks/weight_percentile.py   # writes results/weight_percentile.{json,png}
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import tempfile
@@ -110,6 +111,9 @@ def main() -> None:
     # the sweep measures on its "test" batches: here they are the validation split
     selection_data = SweepData(*data.split("train"), *data.split("val"), *data.split("val"))
     rows, kept = [], {}
+    # newer sweeps take the conversion windows (a latency reference only; weight_bits does not use them)
+    extra = ({"conversion_windows": snn.deltas.detach().clone()}
+             if "conversion_windows" in inspect.signature(Sweep.__init__).parameters else {})
     reference = None
     with tempfile.TemporaryDirectory() as tmp:
         for p in args.percentiles:
@@ -117,7 +121,8 @@ def main() -> None:
                              weight_percentile=p, finetune_epochs=1, finetune_lr=1e-4, batch_size=32,
                              nonpositive_bias=run["nonpositive_bias"])
             sweep = KeepingSweep(snn, selection_data, sp, seed=args.seed, device="cpu", dtype=dtype,
-                                 state_path=Path(tmp) / f"sweep-{p:g}.pt", desc=f"{args.bits} bits, percentile {p:g}")
+                                 state_path=Path(tmp) / f"sweep-{p:g}.pt", desc=f"{args.bits} bits, percentile {p:g}",
+                                 **extra)
             if reference is None:
                 reference = sweep._measure_once(sweep.base)  # the exact SNN on validation
             started = time.perf_counter()
