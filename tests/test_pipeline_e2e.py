@@ -251,19 +251,6 @@ def test_report_and_offline_plots_render_in_a_browser(repo):
     check_rendered(repo.path / "dvc_plots/index.html", min_images=0, min_canvases=len(TINY["experiments"]) * 8)
 
 
-def test_exp_show_of_a_changed_param_fits_a_terminal(repo):
-    try:
-        repo.run("dvc", "exp", "run", "-S", "+experiments.tiny_fc2.evaluate.first_layer_spiking=true")
-        env = {**repo.env, "COLUMNS": "100000"}
-        show = subprocess.run(["dvc", "exp", "show", "--no-pager", "--only-changed", "--drop", DROP_DEPS],
-                              cwd=repo.path, env=env, capture_output=True, text=True, timeout=120, check=True)
-        assert "summary.json:energy" in show.stdout and "first_layer_spiking" in show.stdout
-        assert _width(show) <= 200  # was 30856 with every result file declared as metrics
-        assert "energy" in repo.run("dvc", "metrics", "diff").stdout
-    finally:
-        repo.restore()
-
-
 def test_second_repro_runs_nothing(repo):
     lock = (repo.path / "dvc.lock").read_text()
     start = time.monotonic()
@@ -305,6 +292,20 @@ def test_kill_and_resume_gives_the_uninterrupted_result(repo):
         assert (repo.json(f"metrics/{exp}/pretrain.json"), (repo.path / "dvc.lock").read_text()) == resumed
     finally:
         repo.restore()
+
+
+def test_exp_show_of_a_changed_param_fits_a_terminal(repo):
+    try:
+        repo.run("dvc", "exp", "run", "-S", "+experiments.tiny_fc2.evaluate.first_layer_spiking=true")
+        env = {**repo.env, "COLUMNS": "100000"}
+        show = subprocess.run(["dvc", "exp", "show", "--no-pager", "--only-changed", "--drop", DROP_DEPS],
+                              cwd=repo.path, env=env, capture_output=True, text=True, timeout=120, check=True)
+        assert "summary.json:energy" in show.stdout and "first_layer_spiking" in show.stdout
+        assert _width(show) <= 200  # was 30856 with every result file declared as metrics
+        assert "energy" in repo.run("dvc", "metrics", "diff").stdout
+    finally:
+        repo.restore()
+        repo.run("git", "checkout", "--", "metrics", "plots")  # the results applied by `dvc exp run`
 
 
 def test_invalid_param_from_dvc_exp_run_names_the_key(repo):
