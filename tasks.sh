@@ -38,12 +38,20 @@ postgres() {
     fi
 }
 
+chromium_for_tests() {
+    # tests/test_browser.py (and the e2e report check) render pages in headless Chromium when one is installed.
+    if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+    fi
+}
+
 case "${1:-}" in
     setup) setup ;;
     test)
         shift
         setup
         postgres
+        chromium_for_tests
         .venv/bin/python -m pytest "$@"   # the whole suite; -m "not slow" skips the end-to-end runs
         ;;
     repro)

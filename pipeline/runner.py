@@ -28,7 +28,7 @@ from .artifacts import Paths, prepared_dir
 from .data import Prepared, load_prepared
 from .errors import ParamsError, PipelineError
 from .results import PretrainResult, lineage_digest
-from .tracking import REFERENCE, StageRun, Tracker
+from .tracking import REFERENCE, StageRun, Tracker, project_root, run_params
 
 EXIT_FAILED, EXIT_PARAMS, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -192,7 +192,11 @@ class Experiment:
         """The MLflow run of ``stage`` on this experiment, tagged with its params hash."""
         stage_params = self.stage_params(stage)
         tags = self.tags(role) | {"params_hash": P.params_hash(stage_params), **tags}
-        return self.tracker.run(f"{stage}@{self.name}", stage_params, tags, resume=resume)
+        mlrun = self.tracker.run(f"{stage}@{self.name}", run_params(stage_params, stage), tags, resume=resume)
+        if not mlrun.resumed:
+            source = (project_root() / prepared_dir(self.params.dataset)).as_posix()
+            mlrun.log_dataset(self.params.dataset, self.lineage()["data_sha256"], source)
+        return mlrun
 
     def reference(self, pretrain_hash: str) -> Reference:
         """The reference ReLU network of this experiment: numbers from pretrain.json, run id from MLflow.
@@ -206,8 +210,10 @@ class Experiment:
         if run_id is None:
             tags = self.tags(REFERENCE) | {"params_hash": pretrain_hash,
                                            "restored_from": str(paths.metrics("pretrain"))}
-            with self.tracker.run(f"pretrain@{self.name}", self.stage_params("pretrain"), tags) as mlrun:
+            with self.tracker.run(f"pretrain@{self.name}", run_params(self.stage_params("pretrain"), "pretrain"),
+                                  tags) as mlrun:
                 mlrun.log_metrics({f"final.{k}": v for k, v in result.metrics().items()})
+                mlrun.log_headline(result.metrics())
                 mlrun.log_artifact(paths.relu, "model")
             run_id = mlrun.run_id
         return Reference(run_id, result)

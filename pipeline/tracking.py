@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from .params import flatten  # noqa: E402
 
 REFERENCE = "reference"
+#: The headline metrics, logged under these names on every reference and SNN run that has them, so that
+#: the MLflow runs table and compare view line a ReLU run up with its SNN runs (README "Looking at results").
+HEADLINE = ("test_accuracy", "test_loss", "spikes_per_neuron", "agreement", "energy_ratio", "latency")
 # MLflow 3 opens an experiment in its GenAI (traces) view unless it is marked as model development
 EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 _BATCH = 900  # MLflow accepts at most 1000 entries per log_batch
@@ -46,6 +50,22 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / experiment).as_uri()
     return None
+
+
+def run_params(stage_params: dict, section: str) -> dict:
+    """The params to log on a stage's run: the experiment-level keys and the stage section's own keys
+    without the section prefix (``lr``, not ``pretrain.lr``), so that runs of different stages share
+    names; a section key that clashes with an experiment-level one keeps its prefix."""
+    own = stage_params.get(section)
+    if not isinstance(own, dict):
+        return dict(stage_params)
+    shared = {k: v for k, v in stage_params.items() if k != section}
+    return shared | {(f"{section}.{k}" if k in shared else k): v for k, v in own.items()}
+
+
+def registered_model_name(experiment: str) -> str:
+    """The model registry entry of an experiment's final SNN."""
+    return f"{experiment}-snn"
 
 
 def git_commit(root: Path) -> str:
@@ -122,6 +142,7 @@ class StageRun:
     def __init__(self, tracker: Tracker, stage: str, params: dict, tags: dict[str, str], resume: str | None):
         self.client = tracker.client
         self.experiment_id = tracker.experiment_id
+        self.stage = stage
         root = project_root()
         tags = {
             "git_commit": (commit := git_commit(root)),
@@ -169,6 +190,41 @@ class StageRun:
         metrics = [Metric(k, float(v), now, step) for k, v in flat.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
         self.log_batch(metrics=metrics)
+
+    def log_headline(self, values: dict[str, Any], step: int = 0) -> dict[str, float]:
+        """The :data:`HEADLINE` metrics among ``values`` (None and unknown names dropped), at ``step``."""
+        headline = {k: float(v) for k, v in values.items()
+                    if k in HEADLINE and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.log_metrics(headline, step=step)
+        return headline
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str = "train") -> None:
+        """The prepared dataset as a run input (the Inputs of the run page), identified by its checksum."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():  # a local path matches the local artifact source twice: harmless
+            warnings.simplefilter("ignore", UserWarning)
+            src = resolve_dataset_source(source)
+        dataset = MetaDataset(source=src, name=name, digest=digest[:36])  # MLflow stores at most 36 characters
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(),
+                                                          [InputTag("mlflow.data.context", context)])])
+
+    def register_model(self, name: str, artifact_path: str, description: str = "") -> str:
+        """A new version of registered model ``name`` whose source is this run's artifact ``artifact_path``;
+        returns the version number."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name, description=description or None)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+        version = self.client.create_model_version(name, source, run_id=self.run_id,
+                                                   tags={"dvc_stage": self.stage})
+        return version.version
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.log_batch(tags=[RunTag(k, str(v)) for k, v in tags.items()])

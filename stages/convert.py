@@ -44,6 +44,7 @@ def main(ctx: Context) -> None:
     with exp.track("convert", "snn") as mlrun:
         reference = exp.reference(lineage["pretrain_params_hash"])
         mlrun.log_metrics(result.metrics())
+        mlrun.log_headline(result.metrics() | {"test_accuracy": exact["snn_accuracy"]})
         link_reference(mlrun, reference, {"test_accuracy": exact["snn_accuracy"]})
         rel = exact["max_rel_logit_diff"]
         if exact["agreement"] < 1.0 or rel is None or rel > p.rel_tolerance:

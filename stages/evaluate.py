@@ -113,6 +113,9 @@ def main(ctx: Context) -> None:
     with exp.track("evaluate", "snn") as mlrun:
         reference = exp.reference(lineage["pretrain_params_hash"])
         mlrun.log_metrics(result.metrics())
+        mlrun.log_headline({"test_accuracy": result.snn_accuracy, "agreement": result.agreement_with_reference,
+                            "spikes_per_neuron": result.spikes_per_neuron, "energy_ratio": result.energy_pj.ratio,
+                            "latency": result.latency})
         link_reference(mlrun, reference, {"test_accuracy": metrics["snn_accuracy"]})
         for png in ("spikes_per_layer.png", "spike_times.png", "raster.png"):
             mlrun.log_artifact(paths.plot(png), "plots")

@@ -15,7 +15,7 @@ from pipeline.artifacts import load_snn, save_snn, write_csv
 from pipeline.data import sha256_file
 from pipeline.results import FinetuneResult
 from pipeline.runner import Context, link_reference, stage
-from pipeline.tracking import project_root
+from pipeline.tracking import project_root, registered_model_name
 from pipeline.training import CURVE_COLUMNS, fit
 from ttfs import to_relu
 from ttfs.metrics import compare_to_relu
@@ -61,7 +61,9 @@ def main(ctx: Context) -> None:
         plots.training_curve(paths.plot("finetune_curve.png"), history, f"{name} SNN ({p.mode})")
         mlrun.log_metrics({f"final.{k}": v for k, v in result.metrics().items()}, step=len(history))
         link_reference(mlrun, reference, {"test_accuracy": final["accuracy"], "test_loss": final["loss"]})
+        mlrun.log_headline(result.metrics(), step=len(history))
         mlrun.log_artifact(paths.snn, "model")
+        mlrun.register_model(registered_model_name(name), f"model/{paths.snn.name}", f"the final SNN of {name}")
         print(f"finetune {name}: test accuracy {final['accuracy']:.4f}", file=sys.stderr)
     checkpoint.remove(ckpt)
 

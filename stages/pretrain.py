@@ -62,6 +62,7 @@ def main(ctx: Context) -> None:
         write_csv(paths.plot("pretrain_curve.csv"), history, CURVE_COLUMNS)
         plots.training_curve(paths.plot("pretrain_curve.png"), history, f"{name} ReLU")
         mlrun.log_metrics({f"final.{k}": v for k, v in result.metrics().items()}, step=len(history))
+        mlrun.log_headline(result.metrics(), step=len(history))
         mlrun.log_artifact(paths.relu, "model")
         print(f"pretrain {name}: test accuracy {final['accuracy']:.4f}", file=sys.stderr)
     checkpoint.remove(ckpt)

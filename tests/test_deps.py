@@ -79,7 +79,7 @@ def test_dvc_yaml_code_deps_cover_every_stage_closure():
     """(a) Every stage lists exactly its import closure; fails naming the missing files."""
     declared = deps._declared(ROOT / "dvc.yaml")
     assert set(declared) == {"prepare", "pretrain", "convert", "finetune", "evaluate", "sweep", "tune", "dynamics",
-                             "report"}
+                             "summary", "tune_summary", "report"}
     missing = {stage: sorted(set(deps.closure(stage)) - set(entries)) for stage, entries in declared.items()}
     listed = "\n".join(f"{stage}: {', '.join(m)}" for stage, m in missing.items() if m)
     assert not listed, f"dvc.yaml misses code deps (run `python -m pipeline.deps --write`):\n{listed}"

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_SWEEP
+from test_browser import CHROMIUM, check_rendered
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -128,8 +129,10 @@ def test_repro_writes_every_stage_output(repo):
     for exp in TINY["experiments"]:
         for model in ("relu.pt", "snn_converted.pt", "snn.pt"):
             assert (repo.path / "models" / exp / model).is_file()
-        for stage in STAGES:
+        for stage in (*STAGES, "summary"):
             assert (repo.path / "metrics" / exp / f"{stage}.json").is_file()
+        curves = (repo.path / "plots" / exp / "val_curves.csv").read_text().splitlines()
+        assert curves[0] == "epoch,val_accuracy,network" and {r.split(",")[-1] for r in curves[1:]} == {"ReLU", "SNN"}
         for plot in ("pretrain_curve.csv", "pretrain_curve.png", "finetune_curve.csv", "finetune_curve.png",
                      "spikes_per_layer.csv", "spikes_per_layer.png", "spike_times.csv", "spike_times.png",
                      "raster.png"):
@@ -190,7 +193,20 @@ def test_mlflow_runs_tags_and_reference(repo):
             if stage != "pretrain":
                 assert tags["reference_run_id"] == reference.info.run_id
                 assert "delta.test_accuracy" in run.data.metrics
-        assert reference.data.params["pretrain.lr"] == str(float(spec["pretrain"]["lr"]))
+        # one vocabulary: the stage's own params without its prefix, the headline metrics under one name
+        assert reference.data.params["lr"] == str(float(spec["pretrain"]["lr"]))
+        assert runs["finetune"][0].data.params["lr"] == str(float(spec["finetune"]["lr"]))
+        assert not any(k.startswith(("pretrain.", "finetune.")) for r in runs.values() for k in r[0].data.params)
+        for stage, (run,) in runs.items():
+            assert {"test_accuracy", "spikes_per_neuron" if stage != "pretrain" else "test_loss"} <= set(
+                run.data.metrics), stage
+            (dataset,) = run.inputs.dataset_inputs  # the prepared data, identified by its checksum
+            assert dataset.dataset.name == "synthetic" and len(dataset.dataset.digest) == 36
+        evaluate = runs["evaluate"][0].data.metrics
+        assert {"agreement", "energy_ratio", "latency"} <= set(evaluate)
+        assert evaluate["test_accuracy"] == repo.json(f"metrics/{exp}/evaluate.json")["snn_accuracy"]
+        (version,) = repo.client().search_model_versions(f"name = '{exp}-snn'")  # the final SNN, registered
+        assert version.run_id == runs["finetune"][0].info.run_id and version.source.endswith("/model/snn.pt")
         history = repo.client().get_metric_history(reference.info.run_id, "val_accuracy")
         assert [m.step for m in history] == list(range(1, spec["pretrain"]["epochs"] + 1))
         artifacts = [a.path for a in repo.client().list_artifacts(reference.info.run_id, "model")]
@@ -199,14 +215,40 @@ def test_mlflow_runs_tags_and_reference(repo):
     assert not (repo.path / "mlflow.db").exists()
 
 
+def _width(out: subprocess.CompletedProcess) -> int:
+    return max(len(line) for line in out.stdout.splitlines())
+
+
+#: `dvc exp show` columns that are stage deps (file hashes), not params or metrics (README "Looking at results").
+DROP_DEPS = "^(metrics|plots|data|models|pipeline|stages|ttfs)(/[^:]*)?$"
+
+
 def test_dvc_metrics_plots_and_exp_show(repo):
     metrics = json.loads(repo.run("dvc", "metrics", "show", "--json").stdout)
     (workspace,) = metrics.values()
-    assert workspace["data"]["metrics/tiny_fc2/evaluate.json"]["data"]["spikes_per_neuron"] > 0
+    files = workspace["data"]
+    assert set(files) == {f"metrics/{exp}/summary.json" for exp in TINY["experiments"]} | {
+        "metrics/tiny_fc2/tune_summary.json"}  # the headline files alone; the rest are plain outputs
+    summary = files["metrics/tiny_fc2/summary.json"]["data"]
+    evaluate = repo.json("metrics/tiny_fc2/evaluate.json")
+    assert summary["snn_acc"] == round(evaluate["snn_accuracy"], 4) and summary["spikes"] > 0
+    # fits a terminal (was 11363 characters wide with every result file declared as metrics)
+    assert _width(repo.run("dvc", "metrics", "show")) <= 200
+    assert _width(repo.run("dvc", "metrics", "diff", "--all")) <= 200
     plots = json.loads(repo.run("dvc", "plots", "show", "--json").stdout)
     assert "plots/tiny_lenet5/pretrain_curve.csv" in plots["data"]
+    overlay = plots["data"]["plots/tiny_fc2/val_curves.csv"][0]["content"]
+    assert overlay["encoding"]["color"]["field"] == "network" and overlay["encoding"]["y"]["title"]
     (workspace, *_) = json.loads(repo.run("dvc", "exp", "show", "--json").stdout)
-    assert workspace["data"]["metrics"]["metrics/tiny_fc2/convert.json"]["data"]["agreement"] == 1.0
+    assert workspace["data"]["metrics"]["metrics/tiny_fc2/summary.json"]["data"]["agree"] == 1.0
+    assert "metrics/tiny_fc2/convert.json" not in workspace["data"]["metrics"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium)")
+def test_report_and_offline_plots_render_in_a_browser(repo):
+    check_rendered(repo.path / "reports/report.html", min_images=10)
+    repo.run("dvc", "plots", "show", "--html-template", "pipeline/vega/offline.html")
+    check_rendered(repo.path / "dvc_plots/index.html", min_images=0, min_canvases=len(TINY["experiments"]) * 8)
 
 
 def test_second_repro_runs_nothing(repo):
@@ -252,6 +294,20 @@ def test_kill_and_resume_gives_the_uninterrupted_result(repo):
         repo.restore()
 
 
+def test_exp_show_of_a_changed_param_fits_a_terminal(repo):
+    try:
+        repo.run("dvc", "exp", "run", "-S", "+experiments.tiny_fc2.evaluate.first_layer_spiking=true")
+        env = {**repo.env, "COLUMNS": "100000"}
+        show = subprocess.run(["dvc", "exp", "show", "--no-pager", "--only-changed", "--drop", DROP_DEPS],
+                              cwd=repo.path, env=env, capture_output=True, text=True, timeout=120, check=True)
+        assert "summary.json:energy" in show.stdout and "first_layer_spiking" in show.stdout
+        assert _width(show) <= 200  # was 30856 with every result file declared as metrics
+        assert "energy" in repo.run("dvc", "metrics", "diff").stdout
+    finally:
+        repo.restore()
+        repo.run("git", "checkout", "--", "metrics", "plots")  # the results applied by `dvc exp run`
+
+
 def test_invalid_param_from_dvc_exp_run_names_the_key(repo):
     try:
         out = repo.run("dvc", "exp", "run", "-S", "experiments.tiny_fc2.evaluate.batch_size=abc", check=False)
@@ -263,7 +319,7 @@ def test_invalid_param_from_dvc_exp_run_names_the_key(repo):
         assert yaml.safe_load((repo.path / "params.yaml").read_text())["experiments"]["tiny_fc2"]["finetune"][
             "lr"] == "1e-05"  # what YAML 1.1 sees; the stage coerced it
         assert "Running stage 'finetune@tiny_fc2'" in out.stdout
-        assert repo.runs("tiny_fc2", "finetune")[-1].data.params["finetune.lr"] == "1e-05"
+        assert repo.runs("tiny_fc2", "finetune")[-1].data.params["lr"] == "1e-05"
     finally:
         repo.restore()
 
