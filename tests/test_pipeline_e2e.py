@@ -253,9 +253,7 @@ def test_report_and_offline_plots_render_in_a_browser(repo):
 
 def test_second_repro_runs_nothing(repo):
     lock = (repo.path / "dvc.lock").read_text()
-    start = time.monotonic()
     out = repo.run("dvc", "repro")
-    assert time.monotonic() - start < 15
     assert "Running stage" not in out.stdout + out.stderr
     assert (repo.path / "dvc.lock").read_text() == lock
 
