@@ -266,17 +266,18 @@ def _ratio_word(ratio: float | None) -> str:
 
 
 def _level(acc: float | None, chance: float) -> str:
+    """The training accuracy at the last record, placed against 90 % and twice chance."""
     if acc is None:
         return "was not trained"
     if acc >= 0.9:
-        return f"fits the training subset to {pct(acc)} % (≥ 90 %)"
+        return f"ends at {pct(acc)} % training accuracy, at least 90 %"
     if acc > 2 * chance:
-        return f"reaches {pct(acc)} % training accuracy: above twice chance ({pct(2 * chance)} %) but below 90 %"
-    return f"stays at {pct(acc)} % training accuracy, within twice chance ({pct(2 * chance)} %)"
+        return f"ends at {pct(acc)} % training accuracy, above twice chance ({pct(2 * chance)} %) but below 90 %"
+    return f"ends at {pct(acc)} % training accuracy, within twice chance ({pct(2 * chance)} %)"
 
 
-def _stopped(n) -> str:
-    return {"converged": f"stopped at 100 % running training accuracy after {n.epochs:,} epochs",
+def _stopped(n, target: float | None) -> str:
+    return {"converged": f"stopped at {pct(target, 0)} % running training accuracy after {n.epochs:,} epochs",
             "stalled": f"stopped after {n.epochs:,} epochs without a rise of its best running training accuracy",
             "diverged": f"diverged (NaN/inf loss) after {n.epochs:,} epochs",
             "epochs": f"ran all {n.epochs:,} epochs"}[n.stop]
@@ -285,7 +286,7 @@ def _stopped(n) -> str:
 def _spectra_row(label: str, s: Spectra) -> list[str]:
     hidden_b = [b for b in s.min_positive_slope if b is not None]
     return [label, _range(s.layer_top_singular_value), gen(s.product_top_singular_value, 3),
-            gen(s.product_median_singular_value, 3), gen(s.square_product_spectral_radius, 3),
+            gen(s.square_product_spectral_radius, 3),
             pct(s.eigenvalues_outside_unit_circle, 1), gen(s.max_abs_eigenvalue, 3),
             f"{sum(s.nonpositive_slopes):,}", gen(min(hidden_b), 3) if hidden_b else DASH]
 
@@ -347,9 +348,11 @@ def dynamics_findings(d: DynamicsResult) -> list[str]:
                        f"{pct(b1.max_train_accuracy_gap_to_relu)} pt.")
         else:
             out.append(f"B1's training loss equals ReLU's to within {tol:g} at {b1.records_within_gap_tolerance} of "
-                       f"the {n} records they share; from epoch {b1.first_epoch_over_gap_tolerance:,} on the "
-                       f"difference exceeds {tol:g} (largest {sci(gap)}; largest training-accuracy difference "
-                       f"{pct(b1.max_train_accuracy_gap_to_relu)} pt).")
+                       f"the {n} records they share; the difference first exceeds {tol:g} at epoch "
+                       f"{b1.first_epoch_over_gap_tolerance:,} (largest {sci(gap)}; largest training-accuracy "
+                       f"difference {pct(b1.max_train_accuracy_gap_to_relu)} pt). At initialisation B1's "
+                       f"log-softmax differs from ReLU's by {sci(d.init_check.b1_max_log_softmax_diff_to_relu)} "
+                       f"(float64 rounding: its activations pass through spike times).")
         if control is not None and control.common_records_with_relu:
             if control.first_epoch_over_gap_tolerance is None:
                 out.append(f"Control: ReLU with every initial parameter moved by one ulp, trained at ReLU's rate, "
@@ -358,25 +361,25 @@ def dynamics_findings(d: DynamicsResult) -> list[str]:
                            f"(largest {sci(control.max_train_loss_gap_to_relu)}).")
             else:
                 out.append(f"Control: ReLU with every initial parameter moved by one ulp (≤ 2.2e-16 relative), trained "
-                           f"at ReLU's rate, also leaves ReLU's training loss by more than {tol:g} from epoch "
-                           f"{control.first_epoch_over_gap_tolerance:,} on (largest "
-                           f"{sci(control.max_train_loss_gap_to_relu)}): this training run amplifies float64 rounding "
-                           f"differences of that size, and B1's forward pass rounds differently from ReLU's (its "
-                           f"activations pass through spike times).")
+                           f"at ReLU's rate, also differs from ReLU's training loss by more than {tol:g}, first at "
+                           f"epoch {control.first_epoch_over_gap_tolerance:,} (largest "
+                           f"{sci(control.max_train_loss_gap_to_relu)}): this training run amplifies differences of "
+                           f"rounding size.")
         for name, n_ in (("relu", relu), ("b1", b1)):
             first = n_.first_epoch_train_accuracy_99
-            out.append(f"{label(name)} {_level(n_.train_accuracy, chance)} ({_stopped(n_)}; "
+            out.append(f"{label(name)} {_level(n_.train_accuracy, chance)}; "
+                       f"it {_stopped(n_, c.target_train_accuracy)}; "
                        + (f"first ≥ 99 % at epoch {first:,}" if first is not None else "never ≥ 99 % at a record")
-                       + f"); test accuracy {pct(n_.test_accuracy)} %.")
+                       + f"; test accuracy {pct(n_.test_accuracy)} %.")
     for name in ("alpha1_smart", "alpha1_standard"):
         if name not in nets:
             continue
         n_ = nets[name]
         first = n_.first_epoch_train_accuracy_90
-        line = (f"{label(name)} {_level(n_.train_accuracy, chance)} ({_stopped(n_)}; best "
+        line = (f"{label(name)} {_level(n_.train_accuracy, chance)}; it {_stopped(n_, c.target_train_accuracy)}; best "
                 f"{pct(n_.best_train_accuracy)} %; "
                 + (f"first ≥ 90 % at epoch {first:,}" if first is not None else "never ≥ 90 % at a record")
-                + f"); test accuracy {pct(n_.test_accuracy)} %.")
+                + f"; test accuracy {pct(n_.test_accuracy)} %.")
         out.append(line)
         if n_.max_train_loss_gap_to_relu is not None and relu is not None:
             out.append(f"{label(name)}'s training loss differs from ReLU's by up to "
