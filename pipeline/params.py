@@ -386,26 +386,52 @@ class TuneParams(Section):
 
 
 class DynamicsConfig(Section):
-    """Settings of the learning-dynamics study (the ``dynamics`` section without ``dataset``).
+    """Settings of the learning-dynamics study, paper Fig. 3 (the ``dynamics`` section without ``dataset``).
 
     ``depth`` counts weight layers (hidden layers + readout): depth 8 = 7 hidden layers of ``width``.
-    ``train_size``/``test_size``: seeded random subsets (None = all). ``calibration_samples`` training
-    samples set the SNNs' windows and alpha1-standard's thresholds; ``spectra_samples`` of them are
-    analysed at initialisation. Optimiser: Adam with constant ``lr`` for every network.
+    ``train_size``/``val_size``/``test_size``: seeded random subsets of the train, val and test splits
+    (None = all). Every network (ReLU, B1, alpha1 smart, alpha1 standard) gets its own Adam learning rate:
+    the value of ``lr_grid`` with the best validation accuracy after ``selection_epochs`` epochs. It then
+    trains for up to ``epochs`` epochs; it stops earlier once its running training accuracy over an epoch
+    reaches ``target_train_accuracy`` (None: never), or when its best running training accuracy has not
+    risen for ``patience`` epochs (None: never), or on a NaN/inf loss. ``records`` log-spaced epochs (plus
+    0 and the last) are evaluated. Windows follow SPEC 2.8 with ``kappa_b1`` (B1) and ``kappa_alpha1``
+    (alpha1, thresholds re-expressed so the function is unchanged); alpha1 slopes are projected onto
+    B >= ``slope_floor`` after every step. Smart alpha1 init: the Glorot draw's rows re-centred to zero sum
+    if ``alpha1_recentre``, then every row sum bounded to [``alpha1_row_sum_min``, ``alpha1_row_sum_max``]
+    (hidden neurons by positive homogeneity, the readout by a shift common to all classes).
+    ``calibration_samples`` training samples set the initial windows (``zeta``) and alpha1-standard's
+    thresholds; ``spectra_samples`` of them are used for the Jacobian spectra. ``threads``: torch CPU
+    threads while the study runs (its matrices are small: on a busy machine more threads mostly wait for
+    each other).
     """
 
     depth: Annotated[Int, Field(ge=2)] = 8
-    width: PositiveInt = 200
-    train_size: PositiveInt | None = 10000
+    width: PositiveInt = 100
+    train_size: PositiveInt | None = 1000
+    val_size: PositiveInt | None = 1000
     test_size: PositiveInt | None = 2000
-    epochs: NonNegativeInt = 5
-    batch_size: PositiveInt = 32
-    lr: PositiveFloat = 5e-4
-    evals_per_epoch: PositiveInt = 4
+    epochs: NonNegativeInt = 1000
+    batch_size: PositiveInt = 50
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.0  # SGD only
+    lr_grid: Annotated[list[PositiveFloat], Field(min_length=1)] = [1e-3, 1e-4, 1e-5, 1e-6]
+    selection_epochs: PositiveInt = 40
+    target_train_accuracy: Fraction | None = 1.0
+    patience: PositiveInt | None = 100
+    records: PositiveInt = 30
+    kappa_b1: PositiveFloat = 10.0
+    kappa_alpha1: Annotated[Float, Field(ge=1)] = 1.1
+    slope_floor: PositiveFloat = 1e-3
+    alpha1_recentre: bool = True
+    alpha1_row_sum_min: Annotated[Float, Field(lt=0)] = -10.0
+    alpha1_row_sum_max: Annotated[Float, Field(gt=0, lt=1)] = 0.99
+    zeta: NonNegativeFloat = 0.5
     calibration_samples: Annotated[Int, Field(ge=2)] = 1000
     spectra_samples: PositiveInt = 16
     seed: Int = 0
     device: Device = "cpu"
+    threads: PositiveInt | None = 1  # torch CPU threads while it runs (None: torch's default)
 
 
 class DynamicsParams(DynamicsConfig):

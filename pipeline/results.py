@@ -562,43 +562,88 @@ class DynamicsSetup(DynamicsConfig):
 
     widths: list[int]  # a list: the params section validates in Python mode, where strict tuples refuse lists
     train_samples: Count
-    test_samples: Count
+    val_samples: Count
+    classes: Count
     steps_per_epoch: Count
     dtype: Literal["float64"]
-    optimizer: Literal["adam"]
+    record_epochs: list[int]
+
+
+class SelectionRun(Record):
+    """One grid value of the learning-rate search: validation numbers after ``selection_epochs``."""
+
+    lr: float
+    diverged: bool
+    val_accuracy: Fraction | None
+    val_loss: Nullable
+    projections: Count
+
+
+class Selection(Record):
+    """How one network's learning rate was chosen: on the validation split, never on test."""
+
+    chosen_lr: float | None
+    split: Literal["val"]
+    runs: list[SelectionRun]
 
 
 class Network(Record):
-    """Final numbers of one network; ``partner`` fields for the SNNs, slope counts for alpha1."""
+    """Final numbers of one network of the dynamics study (pipeline.dynamics.summarise).
 
-    test_accuracy: Fraction
-    test_loss: Nullable
+    Every network: the chosen lr, why and when it stopped, the last record's losses and accuracies on
+    the training subset, validation and test subsets. Every network but ReLU: its distance from ReLU at
+    the records both have. alpha1: slope projections and B <= 0 neurons. SNNs: causality violations.
+    """
+
+    lr: float | None
+    stop: Literal["converged", "stalled", "diverged", "epochs"]
+    epochs: Count
+    steps: Count
+    records: Count
+    train_accuracy: Fraction | None
     train_loss: Nullable
-    initial_test_accuracy: Fraction
-    best_test_accuracy: Fraction
-    diverged: bool
-    diverged_at_step: int | None
-    diverged_at_epoch: Nullable
-    last_epoch: float
-    partner: str | None = None
-    cosine: Nullable = None
-    min_cosine: Nullable = None
-    max_train_loss_gap_to_partner: Nullable = None
+    val_accuracy: Fraction | None
+    val_loss: Nullable
+    test_accuracy: Fraction | None
+    test_loss: Nullable
+    initial_train_accuracy: Fraction | None
+    best_train_accuracy: Fraction | None
+    best_test_accuracy: Fraction | None
+    first_epoch_train_accuracy_90: int | None
+    first_epoch_train_accuracy_99: int | None
+    common_records_with_relu: int | None = None
+    records_within_gap_tolerance: int | None = None
+    first_epoch_over_gap_tolerance: int | None = None
+    max_train_loss_gap_to_relu: Nullable = None
+    max_test_loss_gap_to_relu: Nullable = None
+    max_train_accuracy_gap_to_relu: Nullable = None
+    cosine_to_relu: Nullable = None
+    min_cosine_to_relu: Nullable = None
+    projections: int | None = None
+    projected_neurons: int | None = None
     nonpositive_slopes_init: int | None = None
     nonpositive_slopes: int | None = None
+    min_slope: Nullable = None
+    causality_violations: int | None = None
 
     @model_serializer(mode="wrap")
     def _groups(self, handler: SerializerFunctionWrapHandler) -> dict:
-        """The partner keys only for a network with a partner, the slope counts only for alpha1."""
+        """The comparison with ReLU only for the other networks, the slope counts only for alpha1, the
+        causality violations only for SNNs (a group's key with the value None is written as null)."""
         data = handler(self)
-        groups = ((self.partner is None, ("partner", "cosine", "min_cosine", "max_train_loss_gap_to_partner")),
-                  (self.nonpositive_slopes_init is None, ("nonpositive_slopes_init", "nonpositive_slopes")))
+        groups = ((self.common_records_with_relu is None,
+                   ("common_records_with_relu", "records_within_gap_tolerance", "first_epoch_over_gap_tolerance",
+                    "max_train_loss_gap_to_relu", "max_test_loss_gap_to_relu",
+                    "max_train_accuracy_gap_to_relu", "cosine_to_relu", "min_cosine_to_relu")),
+                  (self.projections is None, ("projections", "projected_neurons", "nonpositive_slopes_init",
+                                              "nonpositive_slopes", "min_slope")),
+                  (self.causality_violations is None, ("causality_violations",)))
         drop = {k for absent, keys in groups if absent for k in keys}
         return {k: v for k, v in data.items() if k not in drop}
 
 
 class Spectra(Record):
-    """Jacobian spectra at initialisation, medians over samples (pipeline.dynamics.init_spectra_summary)."""
+    """Jacobian spectra over the hidden layers, medians over samples (pipeline.dynamics.spectra_summary)."""
 
     product_top_singular_value: Nullable
     product_median_singular_value: Nullable
@@ -610,27 +655,43 @@ class Spectra(Record):
     cumulative_top_singular_value: tuple[Nullable, ...]
     active_fraction: tuple[float, ...]
     nonpositive_slopes: tuple[int, ...]
+    min_positive_slope: tuple[Nullable, ...]
     phase1_spikes: tuple[int, ...]
     samples: Count
 
 
 class InitCheck(Record):
-    max_rel_logit_diff_to_partner: dict[str, Nullable]
-    b1_max_abs_weight_diff_to_relu: float
+    """At initialisation B1 and alpha1-smart compute ReLU's softmax (max |log-softmax difference|)."""
+
+    b1_max_log_softmax_diff_to_relu: float
+    alpha1_smart_max_log_softmax_diff_to_relu: float
+
+
+class SmartInit(Record):
+    """The ReLU network that alpha1-smart forward-maps: its row sums per layer (hidden ..., readout)."""
+
+    recentred: bool
+    row_sum_bounds: list[float]
+    row_sum_min: list[float]
+    row_sum_max: list[float]
 
 
 class DynamicsResult(StageResult):
-    """metrics/dynamics.json: ReLU, B1 and alpha1 networks trained in lockstep (pipeline.dynamics)."""
+    """metrics/dynamics.json: ReLU, B1 and alpha1 networks, each at its own validation-chosen learning rate
+    (pipeline.dynamics)."""
 
     stage: ClassVar[str] = "dynamics"
     per_experiment: ClassVar[bool] = False
     lineage_keys: ClassVar[tuple[str, ...]] = ("dataset", "data_sha256")
 
     config: DynamicsSetup
+    selection: dict[str, Selection]
+    gap_tolerance: float
     networks: dict[str, Network]
     init_spectra: dict[str, Spectra]
+    final_spectra: dict[str, Spectra]
     init_check: InitCheck
-    partners: dict[str, str]
+    smart_init: SmartInit
 
     @classmethod
     def path(cls, experiment: str | None = None) -> Path:

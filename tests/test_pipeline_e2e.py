@@ -50,9 +50,9 @@ TINY = {
         },
     },
     "tune": {"tiny_fc2": {"n_trials": 3, "epochs": 1, "train_subset": 128, "n_startup_trials": 2}},
-    "dynamics": {"dataset": "synthetic", "depth": 3, "width": 16, "train_size": 256, "test_size": 128, "epochs": 1,
-                 "batch_size": 16, "evals_per_epoch": 1, "calibration_samples": 64, "spectra_samples": 4,
-                 "device": "cpu"},
+    "dynamics": {"dataset": "synthetic", "depth": 3, "width": 16, "train_size": 256, "val_size": 64, "test_size": 128,
+                 "epochs": 2, "batch_size": 16, "lr_grid": [1e-3, 1e-4], "selection_epochs": 1, "records": 2,
+                 "calibration_samples": 64, "spectra_samples": 4, "device": "cpu"},
 }
 
 pytestmark = [pytest.mark.slow,

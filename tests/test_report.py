@@ -187,9 +187,12 @@ def test_experiment_sections_carry_conversion_evaluation_energy_and_constraints(
     assert "validation: trial 1 (λ = 3.18e-03) reaches 91.75 % at 0.133 spikes/neuron" in md
     assert "(../plots/fmnist_fc2/pareto.html)" in md
     # dynamics
-    assert rows(md, "B1 (converted ReLU init)", "7.80", "75.90", "82.45", "1.000000")
-    assert rows(md, "α1, standard init")[0][-2:] == ["111 → 172", "yes, epoch 1.5"]
-    assert rows(md, "α1 standard", "8.67e+04")
+    assert rows(md, "B1 (converted ReLU init)", "0.001", "converged", "40", "7.80", "100.00", "78.00", "75.90")
+    assert rows(md, "α1, standard init", "1e-05", "stalled")[0][-3:] == ["172 (111)", "111 → 0", "0"]
+    assert rows(md, "α1 standard, init", "0.3–1.4", "8.67e+04")
+    assert rows(md, "α1, standard init", "diverged", "10.40", "1e-05")  # the learning-rate search
+    assert "B1's training loss equals ReLU's to within 1.6e-15 (≤ 1e-12) at all 9 records" in md
+    assert "1.48e+05× B1's: exploding" in md
     for png in ("raster.png", "sweep_weight_bits.png", "pareto.png", "pretrain_curve.png"):
         assert f"(../plots/fmnist_fc2/{png})" in md
     assert "(../plots/dynamics/jacobian_spectra.png)" in md
@@ -240,7 +243,7 @@ def test_absent_stages_are_shown_as_absent_with_the_command_that_produces_them(t
     ("metrics/fmnist_fc2/convert.json", "agreement", "1.0", "field agreement: input should be a valid number"),
     ("metrics/fmnist_fc2/evaluate.json", "energy_pj", {"snn_pj": 1.0}, "field energy_pj.ann_pj: required field"),
     ("plots/fmnist_fc2/pareto.json", "params_hash", None, "field params_hash: input should be a valid string"),
-    ("metrics/dynamics.json", "networks", {"relu": {}}, "field networks.relu.test_accuracy: required field"),
+    ("metrics/dynamics.json", "networks", {"relu": {}}, "field networks.relu.lr: required field"),
 ])
 def test_a_malformed_result_stops_the_report_naming_the_file_and_the_field(tree, rel, field, value, message):
     data = json.loads((tree / rel).read_text())

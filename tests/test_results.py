@@ -112,40 +112,63 @@ def tune_docs() -> tuple[dict, dict]:
     return pareto, tuning.metrics_from(summary)
 
 
-def _spectra(top: float, radius: float | None, outside: float, largest: float) -> dict:
+def _spectra(top: float, radius: float | None, outside: float, largest: float, dead: int = 0) -> dict:
     return {"product_top_singular_value": top, "product_median_singular_value": top / 2,
             "square_product_spectral_radius": radius, "layer_top_singular_value": [1.2, 1.4, 0.3],
             "layer_spectral_radius": [None, radius, None], "eigenvalues_outside_unit_circle": outside,
             "max_abs_eigenvalue": largest, "cumulative_top_singular_value": [1.2, 0.9, top],
-            "active_fraction": [0.4, 0.5], "nonpositive_slopes": [0, 0], "phase1_spikes": [0, 0], "samples": 8}
+            "active_fraction": [0.4, 0.5, 0.5], "nonpositive_slopes": [dead, 0, 0],
+            "min_positive_slope": [None, None, None] if not dead else [0.004, 0.02, 0.1],
+            "phase1_spikes": [0, 0, 0], "samples": 8}
 
 
-def _net(acc: float, **extra: Any) -> dict:
-    return {"test_accuracy": acc, "test_loss": 0.68, "train_loss": 0.45, "initial_test_accuracy": 0.078,
-            "best_test_accuracy": 0.8245, "diverged": False, "diverged_at_step": None, "diverged_at_epoch": None,
-            "last_epoch": 2.0} | extra
+def _net(lr: float | None, stop: str, train: float | None, **extra: Any) -> dict:
+    return {"lr": lr, "stop": stop, "epochs": 40, "steps": 640, "records": 9, "train_accuracy": train,
+            "train_loss": 0.45, "val_accuracy": 0.78, "val_loss": 0.68, "test_accuracy": 0.759, "test_loss": 0.68,
+            "initial_train_accuracy": 0.078, "best_train_accuracy": train, "best_test_accuracy": 0.8245,
+            "first_epoch_train_accuracy_90": None, "first_epoch_train_accuracy_99": None} | extra
 
 
-DYNAMICS = {  # as pipeline.dynamics.run_dynamics writes it (three of the six networks)
-    "config": {"depth": 4, "width": 16, "train_size": 512, "test_size": 128, "epochs": 2, "batch_size": 32,
-               "lr": 5e-4, "evals_per_epoch": 4, "calibration_samples": 100, "spectra_samples": 8, "seed": 0,
-               "device": "cpu", "widths": [784, 16, 16, 16, 10], "train_samples": 512, "test_samples": 128,
-               "steps_per_epoch": 16, "dtype": "float64", "optimizer": "adam"},
+def _selection(chosen: float | None, accuracies: list[float | None]) -> dict:
+    return {"chosen_lr": chosen, "split": "val",
+            "runs": [{"lr": lr, "diverged": acc is None, "val_accuracy": acc, "val_loss": None if acc is None else 0.7,
+                      "projections": 0} for lr, acc in zip((1e-3, 1e-5), accuracies, strict=True)]}
+
+
+DYNAMICS = {  # as pipeline.dynamics.run_dynamics writes it (three of the four networks)
+    "config": {"depth": 4, "width": 16, "train_size": 512, "val_size": 128, "test_size": 128, "epochs": 40,
+               "batch_size": 32, "optimizer": "adam", "momentum": 0.0, "lr_grid": [1e-3, 1e-5], "selection_epochs": 5,
+               "target_train_accuracy": 1.0,
+               "patience": 20, "records": 8, "kappa_b1": 10.0, "kappa_alpha1": 1.1, "slope_floor": 1e-3,
+               "alpha1_recentre": True, "alpha1_row_sum_min": -10.0, "alpha1_row_sum_max": 0.99, "zeta": 0.5,
+               "calibration_samples": 100, "spectra_samples": 8, "seed": 0, "device": "cpu", "threads": 1,
+               "widths": [784, 16, 16, 16, 10], "train_samples": 512, "val_samples": 128, "classes": 10,
+               "steps_per_epoch": 16, "dtype": "float64",
+               "record_epochs": [0, 1, 2, 3, 5, 8, 13, 24, 40]},
+    "selection": {"relu": _selection(1e-3, [0.7825, 0.5]), "b1": _selection(1e-3, [0.7825, 0.5]),
+                  "alpha1_standard": _selection(1e-5, [None, 0.104])},
+    "gap_tolerance": 1e-12,
     "networks": {
-        "relu": _net(0.759),
-        "b1": _net(0.759, partner="relu", cosine=1.0000000000000007, min_cosine=0.9999999999999969,
-                   max_train_loss_gap_to_partner=1.6e-14),
-        "alpha1_standard": _net(0.104, test_loss=None, train_loss=115.2, initial_test_accuracy=0.0875,
-                                best_test_accuracy=0.1085, diverged=True, diverged_at_step=24, diverged_at_epoch=1.5,
-                                last_epoch=1.5, partner="relu_alpha1_standard", cosine=0.0031, min_cosine=0.0031,
-                                max_train_loss_gap_to_partner=3427.7, nonpositive_slopes_init=111,
-                                nonpositive_slopes=172),
+        "relu": _net(1e-3, "converged", 1.0, first_epoch_train_accuracy_90=13, first_epoch_train_accuracy_99=24),
+        "b1": _net(1e-3, "converged", 1.0, first_epoch_train_accuracy_90=13, first_epoch_train_accuracy_99=24,
+                   common_records_with_relu=9, records_within_gap_tolerance=9, first_epoch_over_gap_tolerance=None,
+                   max_train_loss_gap_to_relu=1.6e-15, max_test_loss_gap_to_relu=2e-15,
+                   max_train_accuracy_gap_to_relu=0.0, cosine_to_relu=1.0000000000000007,
+                   min_cosine_to_relu=0.9999999999999969, causality_violations=0),
+        "alpha1_standard": _net(1e-5, "stalled", 0.104, test_loss=None, train_loss=115.2, test_accuracy=0.1,
+                                common_records_with_relu=9, records_within_gap_tolerance=1,
+                                first_epoch_over_gap_tolerance=1, max_train_loss_gap_to_relu=3427.7,
+                                max_test_loss_gap_to_relu=None, max_train_accuracy_gap_to_relu=0.9,
+                                cosine_to_relu=0.0031, min_cosine_to_relu=0.0031, projections=172,
+                                projected_neurons=111, nonpositive_slopes_init=111, nonpositive_slopes=0,
+                                min_slope=0.001, causality_violations=0),
     },
-    "init_spectra": {"b1": _spectra(0.00442, 0.1377, 0.0, 0.9159),
-                     "alpha1_standard": _spectra(86700.0, 11600.0, 0.049, 208.0)},
-    "init_check": {"max_rel_logit_diff_to_partner": {"b1": 3.6e-17, "alpha1_standard": 4.7e-10},
-                   "b1_max_abs_weight_diff_to_relu": 0.0},
-    "partners": {"b1": "relu", "alpha1_standard": "relu_alpha1_standard"},
+    "init_spectra": {"b1": _spectra(0.587, 0.1377, 0.0, 0.9159),
+                     "alpha1_standard": _spectra(86700.0, 11600.0, 0.049, 208.0, dead=12)},
+    "final_spectra": {"b1": _spectra(2.1, 0.5, 0.01, 1.3)},
+    "init_check": {"b1_max_log_softmax_diff_to_relu": 3.6e-17, "alpha1_smart_max_log_softmax_diff_to_relu": 0.02},
+    "smart_init": {"recentred": True, "row_sum_bounds": [-10.0, 0.99], "row_sum_min": [-1e-15, -2e-15, 0.0, -0.3],
+                   "row_sum_max": [1e-15, 2e-15, 0.0, 0.4]},
 }
 
 
@@ -333,8 +356,8 @@ def test_keys_written_only_in_some_configurations_stay_out_when_absent():
                                                                        int)
     assert [s.value for s in sweep.settings.rows("weight_bits")] == [2, 4]
     nets = json.loads(sample("dynamics").to_json())["networks"]
-    assert "partner" not in nets["relu"] and "nonpositive_slopes" not in nets["b1"]
-    assert nets["alpha1_standard"]["test_loss"] is None
+    assert "max_train_loss_gap_to_relu" not in nets["relu"] and "nonpositive_slopes" not in nets["b1"]
+    assert nets["alpha1_standard"]["test_loss"] is None and nets["alpha1_standard"]["max_test_loss_gap_to_relu"] is None
 
 
 def test_deltas_against_the_reference_come_from_pretrain_json():
@@ -352,15 +375,11 @@ def test_the_dynamics_study_output_is_a_dynamics_result(tmp_path):
     from pipeline import dynamics as D
 
     g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(120, 16, generator=g), torch.randint(3, (120,), generator=g)
-    cfg = D.DynamicsConfig(depth=3, width=8, train_size=80, test_size=30, epochs=1, batch_size=16, evals_per_epoch=1,
-                           calibration_samples=40, spectra_samples=4, seed=3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        D.run_dynamics(cfg, x[:80], y[:80], x[80:], y[80:], tmp_path, plots=False)
-    finally:
-        torch.set_num_threads(threads)
+    x, y = torch.rand(150, 16, generator=g), torch.randint(3, (150,), generator=g)
+    cfg = D.DynamicsConfig(depth=3, width=8, train_size=80, val_size=40, test_size=30, epochs=2, batch_size=16,
+                           lr_grid=[1e-3], selection_epochs=1, records=2, calibration_samples=40, spectra_samples=4,
+                           seed=3)
+    D.run_dynamics(cfg, (x[:80], y[:80]), (x[80:120], y[80:120]), (x[120:], y[120:]), tmp_path, plots=False)
     data = json.loads((tmp_path / "metrics.json").read_text())
     result = R.DynamicsResult.model_validate(data | {"params_hash": HASH, "lineage": lineage(R.DynamicsResult)})
     back = json.loads(result.to_json())

@@ -23,6 +23,7 @@ arrays. :func:`cosine_similarity_to_relu` compares an SNN's reverse-mapped weigh
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .convert import _alpha1_rescale, convert, fold
+from .alpha1 import ROW_SUM_BOUNDS, bound_row_sums
+from .convert import convert
 from .layers import InputEncoder, MinTimePool2d, SpikingLinear, SpikingNeurons
 from .network import SNN
 
@@ -293,21 +295,44 @@ def _midpoint_median(v: Tensor) -> Tensor:
     return (s[k - 1] + s[k]) / 2
 
 
+@torch.no_grad()
+def recentre_rows(relu: nn.Module) -> None:
+    """Subtract from every row of every Linear its mean, in place: each row sum sum_k w_ik becomes 0, so the
+    alpha1 forward map gives every neuron the slope B = alpha (W = w). A different ReLU network (not a
+    reparameterisation): the initialiser's draw, centred row by row."""
+    for m in relu.modules():
+        if isinstance(m, nn.Linear):
+            m.weight.sub_(m.weight.mean(1, keepdim=True))
+
+
+def smart_alpha1_relu(relu: nn.Module, recentre: bool = False,
+                      row_sum_bounds: tuple[float, float] = ROW_SUM_BOUNDS) -> nn.Sequential:
+    """The ReLU network that the smart alpha1 initialisation forward-maps: a copy of ``relu``, its rows
+    re-centred if ``recentre`` (:func:`recentre_rows`), then every row sum brought into ``row_sum_bounds``
+    (:func:`ttfs.alpha1.bound_row_sums`: hidden neurons rescaled by positive homogeneity, the readout
+    re-centred by a vector common to all classes). Without ``recentre`` it computes the same softmax as
+    ``relu``."""
+    smart = copy.deepcopy(relu)
+    if recentre:
+        recentre_rows(smart)
+    bound_row_sums(smart, *row_sum_bounds)
+    return smart
+
+
 def init_snn(widths: list[int], init: str, calibration: Tensor, seed: int = 0, alpha: float = 1.0,
-             zeta: float = 0.5, alpha1_margin: float = 0.5) -> tuple[SNN, nn.Sequential | None]:
+             zeta: float = 0.5, recentre: bool = False,
+             row_sum_bounds: tuple[float, float] = ROW_SUM_BOUNDS) -> tuple[SNN, nn.Sequential | None]:
     """An FC SNN of the given ``widths`` (input, hidden..., output) at initialisation, float64.
 
-    * ``"b1"``: a Glorot-uniform zero-bias ReLU network converted with the B1 parameterisation;
-    * ``"alpha1_smart"``: the same ReLU network (same seed) converted with alpha1 (forward map, with
-      hidden neurons rescaled by ReLU's positive homogeneity where sum_k w_ik > 1 - alpha1_margin);
+    * ``"b1"``: a Glorot-uniform zero-bias ReLU network converted with the B1 parameterisation (nothing
+      rescaled: its Jacobians are those of the standard initialisation);
+    * ``"alpha1_smart"``: the same ReLU network (same seed) made alpha1-safe by :func:`smart_alpha1_relu`
+      (row sums in ``row_sum_bounds`` = [-10, 0.99] by default, layer by layer; re-centred rows first if
+      ``recentre``), then converted with the alpha1 forward map;
     * ``"alpha1_standard"``: :func:`alpha1_standard_snn`.
 
-    For the two converted inits the readout weights are scaled by one positive factor so that every
-    readout row sum is <= 1/2 after alpha1's hidden-layer rescaling (which multiplies readout weights by
-    factors >= 1; alpha1 needs sum_k w_ik < 1 at the readout; the factor scales all logits,
-    the argmax and the hidden layers are unchanged). The same ReLU network is used for "b1" and
-    "alpha1_smart", so their depth products coincide (the rescaling cancels across layers). Returns the
-    SNN and the ReLU network it was converted from (None for alpha1_standard).
+    Returns the SNN and the ReLU network it was converted from (for alpha1_smart the rescaled one, whose
+    parameters are the SNN's reverse map; None for alpha1_standard).
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
@@ -315,24 +340,20 @@ def init_snn(widths: list[int], init: str, calibration: Tensor, seed: int = 0, a
     if init == "alpha1_standard":
         return alpha1_standard_snn(widths, calibration, generator, alpha, zeta), None
     relu = glorot_relu_mlp(widths, generator)
-    with torch.no_grad():
-        # alpha1's hidden-layer rescaling multiplies the readout weights by c_i >= 1, so bound the row
-        # sums the readout has *after* that rescaling (it does not depend on the readout itself).
-        ops = fold(relu, (widths[0],), torch.zeros(widths[0], dtype=torch.float64),
-                   torch.ones(widths[0], dtype=torch.float64))
-        _alpha1_rescale(ops, alpha1_margin)
-        top = float(ops[-1].weight.sum(1).max())
-        if top > 0.5:
-            relu[-1].weight.mul_(0.5 / top)
-            relu[-1].bias.mul_(0.5 / top)
-    parameterisation = "b1" if init == "b1" else "alpha1"
-    snn = convert(relu, calibration.to(torch.float64), zeta=zeta, parameterisation=parameterisation, alpha=alpha,
-                  alpha1_margin=alpha1_margin)
-    return snn, relu
+    calibration = calibration.to(torch.float64)
+    if init == "b1":
+        return convert(relu, calibration, zeta=zeta, parameterisation="b1"), relu
+    smart = smart_alpha1_relu(relu, recentre, row_sum_bounds)
+    # every row sum is already <= row_sum_bounds[1]: convert's own rescaling (sums > 1 - margin) finds
+    # nothing left to do
+    snn = convert(smart, calibration, zeta=zeta, parameterisation="alpha1", alpha=alpha,
+                  alpha1_margin=1 - row_sum_bounds[1])
+    return snn, smart
 
 
 def init_spectra(widths: list[int], init: str = "b1", n_samples: int = 256, seed: int = 0,
-                 include_readout: bool = False, alpha: float = 1.0, zeta: float = 0.5) -> SpectraReport:
+                 include_readout: bool = False, alpha: float = 1.0, zeta: float = 0.5,
+                 recentre: bool = False) -> SpectraReport:
     """Jacobian spectra at initialisation of an FC network of ``widths`` (input, hidden..., output).
 
     ``init`` in {"b1", "alpha1_standard", "alpha1_smart"} (see :func:`init_snn`). Inputs are
@@ -347,7 +368,7 @@ def init_spectra(widths: list[int], init: str = "b1", n_samples: int = 256, seed
         raise ValueError(f"need at least one hidden layer, got widths {widths}")
     generator = torch.Generator().manual_seed(seed)
     z = torch.rand(n_samples, widths[0], generator=generator, dtype=torch.float64)
-    snn, _ = init_snn(widths, init, z, seed=seed + 1, alpha=alpha, zeta=zeta)
+    snn, _ = init_snn(widths, init, z, seed=seed + 1, alpha=alpha, zeta=zeta, recentre=recentre)
     report = jacobian_spectra(snn, z, include_readout)
     report.init = init
     report.widths = list(widths)

@@ -11,9 +11,9 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..results import KINDS, ConvertResult, DtypeCheck, ParetoResult, Setting, Trial
+from ..results import KINDS, ConvertResult, DtypeCheck, DynamicsResult, ParetoResult, Setting, Spectra, Trial
 from . import paper
-from .fmt import DASH, code, fixed, mean_std, pct, sci
+from .fmt import DASH, code, fixed, gen, mean_std, pct, sci
 from .inputs import STAGES, ExperimentInputs, Inputs
 from .runs import NO_RUN, RunKey, RunRef
 
@@ -31,8 +31,7 @@ EVALUATE_PLOTS = (("spikes_per_layer.png", "spikes per neuron per layer"),
                   ("spike_times.png", "spike-time distribution"), ("raster.png", "spike raster"))
 DYNAMICS_PLOTS = ("training_curves.png", "cosine.png", "jacobian_spectra.png", "jacobian_depth.png")
 DYNAMICS_LABEL = {"relu": "ReLU", "b1": "B1 (converted ReLU init)", "alpha1_smart": "α1, smart init",
-                  "alpha1_standard": "α1, standard init", "relu_alpha1_smart": "ReLU twin of α1 smart",
-                  "relu_alpha1_standard": "ReLU twin of α1 standard"}
+                  "alpha1_standard": "α1, standard init", "relu_ulp": "ReLU, weights moved 1 ulp (control)"}
 INIT_LABEL = {"b1": "B1", "alpha1_smart": "α1 smart", "alpha1_standard": "α1 standard"}
 #: template filters: a network of the dynamics study, an initialisation of its spectra
 LABELS = {"network": lambda n: DYNAMICS_LABEL[n] if n in DYNAMICS_LABEL else n,
@@ -256,6 +255,206 @@ def paper_rows(experiments: tuple[ExperimentInputs, ...]) -> list[list[str]]:
     return rows
 
 
+# -- the learning dynamics -------------------------------------------------------------------------------
+
+#: the B1 == ReLU claim of SPEC 4 holds when the training losses agree this closely at every record
+B1_RELU_TOLERANCE = 1e-12
+#: a gain ratio to B1 at least this large (or its inverse at most) is called exploding (vanishing)
+GAIN_RATIO = 10.0
+
+
+@dataclass(frozen=True)
+class DynamicsView:
+    """The dynamics part: tables of the learning-rate search, the networks and the spectra, and every
+    sentence about the networks, each generated from the numbers it states."""
+
+    selection_header: list[str]
+    selection_rows: list[list[str]]
+    network_rows: list[list[str]]
+    spectra_rows: list[list[str]]
+    findings: list[str]
+
+
+def _lr(x: float | None) -> str:
+    return DASH if x is None else f"{x:g}"
+
+
+def _range(values: tuple) -> str:
+    vals = [v for v in values if v is not None]
+    return DASH if not vals else (f"{min(vals):.3g}–{max(vals):.3g}" if len(vals) > 1 else f"{vals[0]:.3g}")
+
+
+def _ratio_word(ratio: float | None) -> str:
+    if ratio is None:
+        return ""
+    if ratio >= GAIN_RATIO:
+        return f"{ratio:.3g}× B1's: exploding"
+    if ratio <= 1 / GAIN_RATIO:
+        return f"{1 / ratio:.3g}× below B1's: vanishing"
+    return f"{ratio:.3g}× B1's: comparable"
+
+
+def _level(acc: float | None, chance: float) -> str:
+    """The training accuracy at the last record, placed against 90 % and twice chance."""
+    if acc is None:
+        return "was not trained"
+    if acc >= 0.9:
+        return f"ends at {pct(acc)} % training accuracy, at least 90 %"
+    if acc > 2 * chance:
+        return f"ends at {pct(acc)} % training accuracy, above twice chance ({pct(2 * chance)} %) but below 90 %"
+    return f"ends at {pct(acc)} % training accuracy, within twice chance ({pct(2 * chance)} %)"
+
+
+def _stopped(n, target: float | None) -> str:
+    return {"converged": f"stopped at {pct(target, 0)} % running training accuracy after {n.epochs:,} epochs",
+            "stalled": f"stopped after {n.epochs:,} epochs without a rise of its best running training accuracy",
+            "diverged": f"diverged (NaN/inf loss) after {n.epochs:,} epochs",
+            "epochs": f"ran all {n.epochs:,} epochs"}[n.stop]
+
+
+def _spectra_row(label: str, s: Spectra) -> list[str]:
+    hidden_b = [b for b in s.min_positive_slope if b is not None]
+    return [label, _range(s.layer_top_singular_value), gen(s.product_top_singular_value, 3),
+            gen(s.square_product_spectral_radius, 3),
+            pct(s.eigenvalues_outside_unit_circle, 1), gen(s.max_abs_eigenvalue, 3),
+            f"{sum(s.nonpositive_slopes):,}", gen(min(hidden_b), 3) if hidden_b else DASH]
+
+
+def dynamics_view(d: DynamicsResult) -> DynamicsView:
+    c, nets, sel = d.config, d.networks, d.selection
+    label = LABELS["network"]
+    grid = list(c.lr_grid)
+    selection_rows = []
+    for name, s in sel.items():
+        cells = {r.lr: ("diverged" if r.diverged else f"{pct(r.val_accuracy)}") for r in s.runs}
+        selection_rows.append([label(name), *(cells[lr] if lr in cells else DASH for lr in grid), _lr(s.chosen_lr)])
+    network_rows = []
+    for name, n in nets.items():
+        proj = DASH if n.projections is None else f"{n.projections:,} ({n.projected_neurons:,})"
+        slopes = DASH if n.nonpositive_slopes_init is None else f"{n.nonpositive_slopes_init:,} → " + (
+            DASH if n.nonpositive_slopes is None else f"{n.nonpositive_slopes:,}")
+        network_rows.append([
+            label(name), _lr(n.lr), n.stop, f"{n.epochs:,}", pct(n.initial_train_accuracy), pct(n.train_accuracy),
+            pct(n.val_accuracy), pct(n.test_accuracy), pct(n.best_test_accuracy),
+            DASH if n.first_epoch_train_accuracy_90 is None else f"{n.first_epoch_train_accuracy_90:,}",
+            sci(n.max_train_loss_gap_to_relu, 1) if name != "relu" else DASH,
+            fixed(n.cosine_to_relu, 6) if name != "relu" else DASH, proj, slopes,
+            DASH if n.causality_violations is None else f"{n.causality_violations:,}"])
+    spectra_rows = [_spectra_row(f"{LABELS['init'](k)}, init", s) for k, s in d.init_spectra.items()]
+    spectra_rows += [_spectra_row(f"{LABELS['init'](k)}, trained", s) for k, s in d.final_spectra.items()]
+    return DynamicsView(["network", *(f"lr {lr:g}" for lr in grid), "chosen"], selection_rows, network_rows,
+                        spectra_rows, dynamics_findings(d))
+
+
+def dynamics_findings(d: DynamicsResult) -> list[str]:
+    """Sentences about the networks, each stating a number of the result and only what it shows."""
+    c, nets, sel = d.config, d.networks, d.selection
+    chance = 1 / c.classes
+    label = LABELS["network"]
+    out = []
+    chosen = {k: s.chosen_lr for k, s in sel.items()}
+    out.append(f"Learning rates, each chosen on {c.val_samples:,} validation samples (the best validation "
+               f"accuracy after {c.selection_epochs} epochs at each of {', '.join(_lr(x) for x in c.lr_grid)}): "
+               + "; ".join(f"{label(k)} {_lr(v) if v is not None else 'none (every value diverged)'}"
+                           for k, v in chosen.items()) + ".")
+    relu_lr = chosen["relu"] if "relu" in chosen else None
+    for name in ("alpha1_smart", "alpha1_standard"):
+        lr = chosen[name] if name in chosen else None
+        if lr is not None and relu_lr is not None and lr != relu_lr:
+            factor = relu_lr / lr
+            out.append(f"{label(name)}'s learning rate is {factor:.3g}× smaller than ReLU's." if factor > 1 else
+                       f"{label(name)}'s learning rate is {1 / factor:.3g}× larger than ReLU's.")
+        elif lr is not None and lr == relu_lr:
+            out.append(f"{label(name)} chose the same learning rate as ReLU ({_lr(lr)}).")
+    relu, b1 = (nets[k] if k in nets else None for k in ("relu", "b1"))
+    control = nets["relu_ulp"] if "relu_ulp" in nets else None
+    tol = d.gap_tolerance
+    if relu is not None and b1 is not None and b1.max_train_loss_gap_to_relu is not None:
+        gap, n = b1.max_train_loss_gap_to_relu, b1.common_records_with_relu
+        if b1.first_epoch_over_gap_tolerance is None:
+            out.append(f"B1's training loss equals ReLU's to within {sci(gap)} (≤ {tol:g}) at all {n} records they "
+                       f"share; the largest training-accuracy difference is "
+                       f"{pct(b1.max_train_accuracy_gap_to_relu)} pt.")
+        else:
+            out.append(f"B1's training loss equals ReLU's to within {tol:g} at {b1.records_within_gap_tolerance} of "
+                       f"the {n} records they share; the difference first exceeds {tol:g} at epoch "
+                       f"{b1.first_epoch_over_gap_tolerance:,} (largest {sci(gap)}; largest training-accuracy "
+                       f"difference {pct(b1.max_train_accuracy_gap_to_relu)} pt). At initialisation B1's "
+                       f"log-softmax differs from ReLU's by {sci(d.init_check.b1_max_log_softmax_diff_to_relu)} "
+                       f"(float64 rounding: its activations pass through spike times).")
+        if control is not None and control.common_records_with_relu:
+            if control.first_epoch_over_gap_tolerance is None:
+                out.append(f"Control: ReLU with every initial parameter moved by one ulp, trained at ReLU's rate, "
+                           f"stays within {tol:g} of ReLU's training loss at all "
+                           f"{control.common_records_with_relu} records "
+                           f"(largest {sci(control.max_train_loss_gap_to_relu)}).")
+            else:
+                out.append(f"Control: ReLU with every initial parameter moved by one ulp (≤ 2.2e-16 relative), trained "
+                           f"at ReLU's rate, also differs from ReLU's training loss by more than {tol:g}, first at "
+                           f"epoch {control.first_epoch_over_gap_tolerance:,} (largest "
+                           f"{sci(control.max_train_loss_gap_to_relu)}): this training run amplifies differences of "
+                           f"rounding size.")
+        for name, n_ in (("relu", relu), ("b1", b1)):
+            first = n_.first_epoch_train_accuracy_99
+            out.append(f"{label(name)} {_level(n_.train_accuracy, chance)}; "
+                       f"it {_stopped(n_, c.target_train_accuracy)}; "
+                       + (f"first ≥ 99 % at epoch {first:,}" if first is not None else "never ≥ 99 % at a record")
+                       + f"; test accuracy {pct(n_.test_accuracy)} %.")
+    for name in ("alpha1_smart", "alpha1_standard"):
+        if name not in nets:
+            continue
+        n_ = nets[name]
+        first = n_.first_epoch_train_accuracy_90
+        line = (f"{label(name)} {_level(n_.train_accuracy, chance)}; it {_stopped(n_, c.target_train_accuracy)}; best "
+                f"{pct(n_.best_train_accuracy)} %; "
+                + (f"first ≥ 90 % at epoch {first:,}" if first is not None else "never ≥ 90 % at a record")
+                + f"; test accuracy {pct(n_.test_accuracy)} %.")
+        out.append(line)
+        if n_.max_train_loss_gap_to_relu is not None and relu is not None:
+            out.append(f"{label(name)}'s training loss differs from ReLU's by up to "
+                       f"{gen(n_.max_train_loss_gap_to_relu, 3)} at the {n_.common_records_with_relu} records both "
+                       f"have (ReLU's last is epoch {relu.epochs:,})"
+                       + (f"; its reverse-mapped weights end at cosine {fixed(n_.cosine_to_relu, 4)} to ReLU's"
+                          if n_.cosine_to_relu is not None else "") + ".")
+        if n_.projections is not None:
+            out.append(f"{label(name)}: {n_.projections:,} slope projections onto B = {c.slope_floor:g} "
+                       f"({n_.projected_neurons:,} distinct neurons); neurons with B ≤ 0: "
+                       f"{n_.nonpositive_slopes_init:,} at initialisation, "
+                       f"{DASH if n_.nonpositive_slopes is None else f'{n_.nonpositive_slopes:,}'} at the end.")
+    b1s = d.init_spectra["b1"] if "b1" in d.init_spectra else None
+    for name in ("alpha1_smart", "alpha1_standard"):
+        if name not in d.init_spectra or b1s is None:
+            continue
+        s = d.init_spectra[name]
+        top, ref = s.product_top_singular_value, b1s.product_top_singular_value
+        ratio = top / ref if top is not None and ref else None
+        text = (f"At initialisation, {LABELS['init'](name)}'s hidden-layer depth product J(N−1)…J(1) has median top "
+                f"singular value {gen(top, 3)} vs B1's {gen(ref, 3)} ({_ratio_word(ratio)}); single hidden layers "
+                f"{_range(s.layer_top_singular_value)} (B1 {_range(b1s.layer_top_singular_value)})")
+        if s.eigenvalues_outside_unit_circle is not None and b1s.eigenvalues_outside_unit_circle is not None:
+            text += (f"; {pct(s.eigenvalues_outside_unit_circle, 1)} % of the square blocks' eigenvalues lie "
+                     f"outside the unit circle (B1 {pct(b1s.eigenvalues_outside_unit_circle, 1)} %)")
+        hidden_b = [b for b in s.min_positive_slope if b is not None]
+        dead = sum(s.nonpositive_slopes)
+        text += (f"; {dead:,} hidden neurons start with B ≤ 0 (silent, zero gradient)" if dead else
+                 "; no hidden neuron starts with B ≤ 0")
+        if hidden_b:
+            text += f", the smallest positive B is {gen(min(hidden_b), 3)} (gain 1/B = {gen(1 / min(hidden_b), 3)})"
+        out.append(text + ".")
+    sm = d.smart_init
+    out.append(f"The smart initialisation's ReLU row sums lie in [{gen(min(sm.row_sum_min), 3)}, "
+               f"{gen(max(sm.row_sum_max), 3)}] over all layers (bounds [{sm.row_sum_bounds[0]:g}, "
+               f"{sm.row_sum_bounds[1]:g}]{'; rows re-centred to sum 0 first' if sm.recentred else ''}); at "
+               f"initialisation its log-softmax differs from ReLU's by up to "
+               f"{sci(d.init_check.alpha1_smart_max_log_softmax_diff_to_relu)}"
+               + (" (a re-centred draw is a different network)." if sm.recentred else "."))
+    viol = {k: n.causality_violations for k, n in nets.items() if n.causality_violations is not None}
+    if viol:
+        out.append("Causality violations on the training subset at the last record: "
+                   + ", ".join(f"{label(k)} {v:,}" for k, v in viol.items()) + ".")
+    return out
+
+
 # -- MLflow ----------------------------------------------------------------------------------------------
 
 
@@ -298,6 +497,7 @@ def context(inputs: Inputs, runs: dict[tuple[str, str], RunRef], runs_problem: s
         "params": inputs.params, "experiments": views, "paper_rows": paper_rows(inputs.experiments),
         "best_single_spike": ", ".join(f"{paper.dataset_label(d)} {v:.2f}" for d, v in paper.BEST_SINGLE_SPIKE.items()),
         "dynamics": inputs.dynamics, "dynamics_figures": figures(root, prefix, dyn_plots, "dynamics", None),
+        "dynamics_view": dynamics_view(inputs.dynamics) if inputs.dynamics is not None else None,
         "dynamics_absent": not_run(Path("metrics") / "dynamics.json", "dynamics", None),
         "dynamics_run": run_of(runs, "dynamics", "dynamics").text(),
         "mlflow_rows": mlflow_rows(inputs, runs), "runs_problem": runs_problem,
