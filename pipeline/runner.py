@@ -51,18 +51,23 @@ def _interrupt(signum, _frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+RESUMES = "its MLflow run is marked KILLED and the next run resumes from the last checkpoint"
+
+
 def stage(name: str, target: str | None = "experiment",
-          arguments: Callable[[argparse.ArgumentParser], None] | None = None):
+          arguments: Callable[[argparse.ArgumentParser], None] | None = None, on_interrupt: str = RESUMES):
     """Decorate ``body(ctx: Context)`` into ``main(argv=None) -> int``, the stage's command line.
 
     ``target`` names the positional argument (``experiment``, ``dataset`` or None for whole-project
-    stages); ``arguments`` adds stage-specific options to the parser.
+    stages); ``arguments`` adds stage-specific options to the parser; ``on_interrupt`` says what an
+    interruption keeps.
     """
 
     def decorate(body: Callable[[Context], Any]) -> Callable[[list[str] | None], int]:
         @functools.wraps(body)
         def main(argv: list[str] | None = None) -> int:
-            parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=body.__doc__)
+            parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=body.__doc__,
+                                             formatter_class=argparse.RawDescriptionHelpFormatter)
             if target:
                 parser.add_argument("name", help=f"{target} as named in params.yaml")
             parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -85,8 +90,7 @@ def stage(name: str, target: str | None = "experiment",
                 print(f"{label} failed: {e}", file=sys.stderr)
                 return EXIT_FAILED
             except KeyboardInterrupt as e:
-                print(f"{label} interrupted ({e or 'SIGINT'}); its MLflow run is marked KILLED and the next run "
-                      "resumes from the last checkpoint", file=sys.stderr)
+                print(f"{label} interrupted ({e or 'SIGINT'}); {on_interrupt}", file=sys.stderr)
                 return EXIT_INTERRUPTED
             finally:
                 signal.signal(signal.SIGTERM, previous)

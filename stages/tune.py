@@ -16,20 +16,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
 
-from pipeline import params as P
 from pipeline import tuning
-from pipeline.errors import PipelineError
-from pipeline.runner import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARAMS
+from pipeline.runner import Context, stage
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m stages.tune", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("name", help="experiment with a tune.<name> section in params.yaml")
-    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+def _arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--storage", default=None,
                     help=f"journal file path or RDB URL (default: ${tuning.ENV_STORAGE}, else "
                          "<repo>/optuna/<experiment>.journal)")
@@ -47,7 +40,6 @@ def parser() -> argparse.ArgumentParser:
                          "one recorded in the study, else found by tag or created)")
     ap.add_argument("--seed", type=int, default=None,
                     help="sampler seed of this process (default: tune.seed; workers add a random offset)")
-    return ap
 
 
 def reclaim_hint(args: argparse.Namespace) -> str:
@@ -61,34 +53,19 @@ def reclaim_hint(args: argparse.Namespace) -> str:
     return shlex.join(words) + " --reclaim"
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` gives the running trial back like Ctrl-C
-    try:
-        params = P.load(args.params)
-        if args.reclaim or args.reclaim_stale:
-            done = tuning.reclaim(args.name, params, args.reclaim, storage=args.storage, study_name=args.study_name)
-            print(f"tune {args.name}: reclaimed trial(s) {done or 'none'}; a worker or the stage runs their "
-                  "params again", file=sys.stderr)
-            return 0
-        tuning.tune(args.name, params, storage=args.storage, worker=args.worker, export_only=args.export_only,
-                    study_name=args.study_name, parent_run_id=args.parent_run_id, seed=args.seed,
-                    reclaim_hint=reclaim_hint(args))
-    except P.ParamsError as e:
-        print(f"invalid params: {e}", file=sys.stderr)
-        return EXIT_PARAMS
-    except (PipelineError, FileNotFoundError) as e:
-        print(f"tune {args.name} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt as e:
-        print(f"tune {args.name} interrupted ({e or 'SIGINT'}); the study keeps every finished trial and the "
-              "interrupted one's params; rerun to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return 0
+@stage("tune", arguments=_arguments,
+       on_interrupt="the study keeps every finished trial and the interrupted one's params; rerun to continue")
+def main(ctx: Context) -> None:
+    """Optuna study of the L1 strength (and optionally the learning rate) against sparsity (docs/tuning.md)."""
+    args, name = ctx.args, ctx.name
+    if args.reclaim or args.reclaim_stale:
+        done = tuning.reclaim(name, ctx.params, args.reclaim, storage=args.storage, study_name=args.study_name)
+        print(f"tune {name}: reclaimed trial(s) {done or 'none'}; a worker or the stage runs their "
+              "params again", file=sys.stderr)
+        return
+    tuning.tune(name, ctx.params, storage=args.storage, worker=args.worker, export_only=args.export_only,
+                study_name=args.study_name, parent_run_id=args.parent_run_id, seed=args.seed,
+                reclaim_hint=reclaim_hint(args))
 
 
 if __name__ == "__main__":
