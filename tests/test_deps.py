@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_pipeline_e2e import BIN, COPIED, TINY, Repo
+from test_pipeline_e2e import BIN, COPIED, TINY, Repo, copy_repo
 
 from pipeline import checkpoint, deps
 
@@ -29,15 +29,22 @@ def _toy_params() -> dict:
     return params
 
 
-def _copy_repo(dest: Path, names=COPIED) -> Path:
-    dest.mkdir(parents=True)
-    for name in names:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
+def _tasks_copy(tmp_path: Path, extra: tuple[str, ...], tools: tuple[str, ...]) -> Repo:
+    """A plain copy (no .git) for running ./tasks.sh: its .venv forwards to this interpreter's, and PATH
+    holds only ``tools``, so nothing gets installed."""
+    path = copy_repo(tmp_path / "copy", (*COPIED, "tasks.sh", "pyproject.toml", "constraints.txt", ".dvc", *extra))
+    (path / ".venv/bin").mkdir(parents=True)
+    for tool in ("python", "dvc"):
+        (path / ".venv/bin" / tool).write_text(f'#!/bin/sh\nexec "{BIN / tool}" "$@"\n')
+        (path / ".venv/bin" / tool).chmod(0o755)
+    (path / ".venv/.installed").touch()
+    bin_dir = tmp_path / "tools"
+    bin_dir.mkdir()
+    for tool in tools:
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    repo = Repo(path, tmp_path / "tracking" / "mlflow.db")
+    repo.env["PATH"] = str(bin_dir)
+    return repo
 
 
 def _stage(name: str) -> str:
@@ -107,7 +114,7 @@ def test_write_keeps_data_deps_comments_and_layout():
 def test_editing_a_library_file_makes_dvc_rerun_every_stage_that_imports_it(tmp_path):
     """(b) The real judge: after a toy `dvc repro`, appending a comment to ttfs/metrics.py makes
     `dvc status` report convert, and every other reproduced stage whose closure holds the file, changed."""
-    repo = Repo(_copy_repo(tmp_path / "repo"), tmp_path / "tracking" / "mlflow.db")
+    repo = Repo(copy_repo(tmp_path / "repo"), tmp_path / "tracking" / "mlflow.db")
     repo.set_params(_toy_params())
     for cmd in (("git", "init", "-q"), ("dvc", "init", "-q"), ("git", "add", "-A"), ("git", "commit", "-qm", "toy")):
         repo.run(*cmd)
@@ -130,7 +137,7 @@ def test_editing_a_library_file_makes_dvc_rerun_every_stage_that_imports_it(tmp_
 def test_checkpoint_name_changes_with_the_code_and_old_ones_are_dropped(tmp_path, monkeypatch, capsys):
     """(c) A checkpoint written before ttfs/train.py changed is not resumed: the name differs, and the
     stage says why it starts over."""
-    code = _copy_repo(tmp_path / "code", ("pipeline", "stages", "ttfs"))
+    code = copy_repo(tmp_path / "code", ("pipeline", "stages", "ttfs"))
     monkeypatch.setattr(deps, "ROOT", code)
     before = deps.code_hash("finetune")
     old = checkpoint.path_for(tmp_path, "x", "finetune", "k")
@@ -164,18 +171,8 @@ def test_sweep_and_tune_identities_are_their_stage_code_hashes():
 def test_tasks_repro_runs_in_a_copy_without_git(tmp_path):
     """(d) `./tasks.sh repro` in a plain copy (no .git) configures DVC without SCM and reproduces.
     The copy's .venv forwards to this interpreter's; PATH has no apt-get, so nothing gets installed."""
-    path = _copy_repo(tmp_path / "copy", (*COPIED, "tasks.sh", "pyproject.toml", "constraints.txt", ".dvc"))
-    (path / ".venv/bin").mkdir(parents=True)
-    for tool in ("python", "dvc"):
-        (path / ".venv/bin" / tool).write_text(f'#!/bin/sh\nexec "{BIN / tool}" "$@"\n')
-        (path / ".venv/bin" / tool).chmod(0o755)
-    (path / ".venv/.installed").touch()
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    for tool in ("bash", "dirname"):
-        (tools / tool).symlink_to(shutil.which(tool))
-    repo = Repo(path, tmp_path / "tracking" / "mlflow.db")
-    repo.env["PATH"] = str(tools)
+    repo = _tasks_copy(tmp_path, (), ("bash", "dirname"))
+    path = repo.path
     repo.set_params(_toy_params())
     assert not (path / ".git").exists()
     out = repo.run("./tasks.sh", "repro", "prepare", timeout=300)
@@ -190,19 +187,8 @@ def test_tasks_repro_runs_in_a_copy_without_git(tmp_path):
 def test_a_profile_runs_in_its_own_workspace_and_leaves_params_yaml_alone(tmp_path):
     """`./tasks.sh profile NAME` reproduces params.NAME.yaml in profiles/NAME; the committed params.yaml and
     the project's own outputs are untouched, and its MLflow runs carry the profile's name."""
-    path = _copy_repo(tmp_path / "copy", (*COPIED, "tasks.sh", "pyproject.toml", "constraints.txt", ".dvc",
-                                          ".dvcignore", "params.schema.json"))
-    (path / ".venv/bin").mkdir(parents=True)
-    for tool in ("python", "dvc"):
-        (path / ".venv/bin" / tool).write_text(f'#!/bin/sh\nexec "{BIN / tool}" "$@"\n')
-        (path / ".venv/bin" / tool).chmod(0o755)
-    (path / ".venv/.installed").touch()
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    for tool in ("bash", "dirname", "cp", "mkdir", "rm", "ls"):
-        (tools / tool).symlink_to(shutil.which(tool))
-    repo = Repo(path, tmp_path / "tracking" / "mlflow.db")
-    repo.env["PATH"] = str(tools)
+    repo = _tasks_copy(tmp_path, (".dvcignore", "params.schema.json"), ("bash", "dirname", "cp", "mkdir", "rm", "ls"))
+    path = repo.path
     repo.set_params(TINY)
     committed = (path / "params.yaml").read_bytes()
     (path / "params.toy.yaml").write_text(json.dumps(_toy_params()))  # JSON is YAML

@@ -96,17 +96,22 @@ class Repo:
         return [r for r in runs if stage is None or r.data.tags.get("dvc_stage") == f"{stage}@{experiment}"]
 
 
+def copy_repo(dest: Path, names=COPIED) -> Path:
+    """A copy of the project's files ``names`` (no caches) in the new directory ``dest``."""
+    dest.mkdir(parents=True)
+    for name in names:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Repo:
     base = tmp_path_factory.mktemp("e2e")
-    path = base / "repo"
-    path.mkdir()
-    for name in COPIED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, path / name)
+    path = copy_repo(base / "repo")
     r = Repo(path, base / "tracking" / "mlflow.db")
     r.set_params(TINY)
     r.run("git", "init", "-q")
