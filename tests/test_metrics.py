@@ -202,14 +202,10 @@ def brute_fan_out(layer: SpikingNeurons, shape: tuple[int, ...]) -> dict:
             for ch in range(c) for y in range(h) for x in range(w)}
 
 
-def brute_force(snn: SNN, z: torch.Tensor) -> tuple[list[int], list[int], list[int]]:
-    """(spikes per hidden layer, routed SynOps per source layer [input, hidden...], MACs per neuron layer).
-
-    Routed: the pool is applied to the spike times first and only the events it lets through count.
-    """
+def _run_by_segment(snn: SNN, z: torch.Tensor) -> tuple:
+    """(record, window boundaries, [(modules between neuron layers, neuron layer), ...]) of one run."""
     with torch.no_grad():
         record = snn.run(z)
-    b = record.boundaries.tolist()
     segments, between = [], []
     for layer in snn.layers:
         if isinstance(layer, SpikingNeurons):
@@ -217,6 +213,15 @@ def brute_force(snn: SNN, z: torch.Tensor) -> tuple[list[int], list[int], list[i
             between = []
         else:
             between.append(layer)
+    return record, record.boundaries.tolist(), segments
+
+
+def brute_force(snn: SNN, z: torch.Tensor) -> tuple[list[int], list[int], list[int]]:
+    """(spikes per hidden layer, routed SynOps per source layer [input, hidden...], MACs per neuron layer).
+
+    Routed: the pool is applied to the spike times first and only the events it lets through count.
+    """
+    record, b, segments = _run_by_segment(snn, z)
     sources = [record.input_times, *record.times]
     spikes = [sum(v < b[n + 1] for v in t.flatten().tolist()) for n, t in enumerate(record.times, start=1)]
     synops, macs = [], []
@@ -264,16 +269,7 @@ def unfolded_synapses(modules: list[nn.Module], layer: SpikingNeurons, shape: tu
 
 def brute_spec_synops(snn: SNN, z: torch.Tensor) -> tuple[list[int], list[dict]]:
     """SPEC 6 SynOps per source layer [input, hidden...]: every spike times its unit's synapses."""
-    with torch.no_grad():
-        record = snn.run(z)
-    b = record.boundaries.tolist()
-    segments, between = [], []
-    for layer in snn.layers:
-        if isinstance(layer, SpikingNeurons):
-            segments.append((between, layer))
-            between = []
-        else:
-            between.append(layer)
+    record, b, segments = _run_by_segment(snn, z)
     totals, synapses = [], []
     for m, (t, (modules, layer)) in enumerate(zip([record.input_times, *record.times], segments, strict=True)):
         counts = unfolded_synapses(modules, layer, tuple(t.shape[1:]))
