@@ -163,6 +163,10 @@ class Experiment:
     def stage_params(self, section: str) -> dict:
         return P.as_dict({**self.shared(), section: getattr(self.params, section)})
 
+    def params_hash(self, section: str) -> str:
+        """The hash of a stage's params: its MLflow run's tag and its result file's ``params_hash``."""
+        return P.params_hash(self.stage_params(section))
+
     def batches(self, split: str, batch_size: int, shuffle: bool, dtype: torch.dtype | None = None) -> TensorBatches:
         """Batches of ``train`` (training only), ``val`` (every choice and curve) or ``test`` (reported once)."""
         x, y = self.data.split(split)
@@ -195,7 +199,7 @@ class Experiment:
     def track(self, stage: str, role: str, resume: str | None = None, **tags: str) -> StageRun:
         """The MLflow run of ``stage`` on this experiment, tagged with its params hash."""
         stage_params = self.stage_params(stage)
-        tags = self.tags(role) | {"params_hash": P.params_hash(stage_params), **tags}
+        tags = self.tags(role) | {"params_hash": self.params_hash(stage), **tags}
         mlrun = self.tracker.run(f"{stage}@{self.name}", run_params(stage_params, stage), tags, resume=resume)
         if not mlrun.resumed:
             source = (project_root() / prepared_dir(self.params.dataset)).as_posix()

@@ -12,7 +12,6 @@ import sys
 
 import torch
 
-from pipeline import params as P
 from pipeline.artifacts import load_relu, save_snn
 from pipeline.errors import ConversionError
 from pipeline.results import ConvertResult
@@ -34,7 +33,7 @@ def main(ctx: Context) -> None:
     working = compare_to_relu(relu.to(exp.device, exp.dtype), snn,
                               exp.batches("test", p.batch_size, shuffle=False), split="test")
     result = ConvertResult(
-        params_hash=P.params_hash(exp.stage_params("convert")), lineage=lineage,
+        params_hash=exp.params_hash("convert"), lineage=lineage,
         **{k: exact[k] for k in ("agreement", "max_abs_logit_diff", "max_rel_logit_diff", "causality_violations",
                                  "relu_accuracy", "snn_accuracy", "spikes_per_neuron", "latency", "clipped_inputs")},
         windows=snn64.deltas.tolist(),

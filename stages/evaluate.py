@@ -11,7 +11,6 @@ import sys
 
 import torch
 
-from pipeline import params as P
 from pipeline import plots
 from pipeline.artifacts import load_relu, load_snn, write_csv
 from pipeline.results import EvaluateResult
@@ -71,7 +70,7 @@ def main(ctx: Context) -> None:
     energy = energy_estimate(stats, cost, first_layer_spiking=p.first_layer_spiking)
     edges, counts, raster, boundaries = spike_time_distribution(snn, test, p.histogram_bins, p.raster_samples)
     metrics = {
-        "params_hash": P.params_hash(exp.stage_params("evaluate")),
+        "params_hash": exp.params_hash("evaluate"),
         "lineage": lineage,
         "relu_accuracy": vs_reference["relu_accuracy"],
         "snn_accuracy": vs_reference["snn_accuracy"],

@@ -48,7 +48,7 @@ def main(ctx: Context) -> None:
         val_final = evaluate(snn, val) if len(val.labels) else {"accuracy": None, "loss": None}
         exactness = compare_to_relu(to_relu(snn), snn, test, split="test")
         result = FinetuneResult(
-            params_hash=P.params_hash(exp.stage_params("finetune")), lineage=lineage,
+            params_hash=exp.params_hash("finetune"), lineage=lineage,
             test_accuracy=final["accuracy"], test_loss=final["loss"], val_accuracy=val_final["accuracy"],
             val_loss=val_final["loss"], epochs=len(history), mode=p.mode,
             equivalent_relu_agreement=exactness["agreement"],

@@ -34,7 +34,7 @@ def main(ctx: Context) -> None:
     """Train the ReLU network with optional L1 and batch norm; its MLflow run is the reference."""
     exp, name = ctx.experiment, ctx.name
     p = exp.params.pretrain
-    params_hash = P.params_hash(exp.stage_params("pretrain"))
+    params_hash = exp.params_hash("pretrain")
     model = exp.fresh_model().to(exp.device, exp.dtype)
     val = exp.batches("val", p.eval_batch_size, shuffle=False)
     test = exp.batches("test", p.eval_batch_size, shuffle=False)

@@ -43,7 +43,7 @@ def main(ctx: Context) -> dict:
         result = run_sweep(snn, data, sp, conversion_windows=conversion_windows, seed=exp.params.seed,
                            device=exp.device, dtype=exp.dtype, state_path=state_path, state=state,
                            recorder=recorder, desc=f"sweep {name}")
-        write_outputs(paths, name, result, P.params_hash(stage_params), lineage)
+        write_outputs(paths, name, result, exp.params_hash("sweep"), lineage)
         parent.log_metrics(summary_metrics(result))
         for path in output_files(paths):
             parent.log_artifact(path, "sweep")
