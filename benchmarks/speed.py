@@ -2,7 +2,10 @@
 
 Every case trains a ReLU network and the SNN converted from it (same initial weights, Adam, lr 5e-4)
 in ONE process, alternating ReLU and SNN (A B A B ...) so that both see the same machine load, and
-reports median times, the ratio SNN / ReLU, and the thread count. Cases:
+reports median epoch times over the repeats, the ratio SNN / ReLU, and the thread count. By default
+the alternation is every few steps inside the epochs (``--interleave``; each model still trains whole
+epochs, its time summed over its chunks), which keeps the ratio stable on a machine whose load changes
+from second to second; ``--interleave 0`` alternates whole epochs. Cases:
 
     fc2_f32    FC2, batch 8, float32, Fashion-MNIST training epoch
     fc2_f64    FC2, batch 8, float64, Fashion-MNIST training epoch
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import platform
@@ -62,6 +66,7 @@ class Case:
     dtype: str
     data: str  # "fashion_mnist" (epochs) or "random" (fixed steps)
     kwargs: tuple = ()
+    interleave: int = 1  # steps per ReLU/SNN alternation (about 50-100 ms of work)
 
     @property
     def label(self) -> str:
@@ -71,9 +76,9 @@ class Case:
 
 
 CASES = {
-    "fc2_f32": Case("fc2_f32", "fc2", 8, "float32", "fashion_mnist"),
-    "fc2_f64": Case("fc2_f64", "fc2", 8, "float64", "fashion_mnist"),
-    "lenet5": Case("lenet5", "lenet5", 128, "float32", "fashion_mnist"),
+    "fc2_f32": Case("fc2_f32", "fc2", 8, "float32", "fashion_mnist", interleave=50),
+    "fc2_f64": Case("fc2_f64", "fc2", 8, "float64", "fashion_mnist", interleave=25),
+    "lenet5": Case("lenet5", "lenet5", 128, "float32", "fashion_mnist", interleave=5),
     "vgg16": Case("vgg16", "vgg16", 32, "float32", "random", (("batch_norm", False), ("dropout", 0.0))),
     "vgg16_bn": Case("vgg16_bn", "vgg16", 32, "float32", "random", (("batch_norm", True), ("dropout", 0.0))),
 }
@@ -115,8 +120,13 @@ def epoch(case: Case, model: torch.nn.Module, optimiser, inputs, labels, seed: i
     train_epoch(model, TensorBatches(inputs, labels, case.batch_size, seed=seed), optimiser)
 
 
-def measure(case: Case, inputs, labels, repeats: int) -> dict:
-    """Alternating ReLU / SNN passes over (inputs, labels): medians, ratio, all times."""
+def measure(case: Case, inputs, labels, repeats: int, interleave: int) -> dict:
+    """ReLU and SNN passes over (inputs, labels), alternating: medians, ratio, all times.
+
+    ``interleave`` > 0 alternates every that many steps inside the epoch (each model still trains
+    whole epochs over the same batches, its time summed over its chunks): both see the same machine
+    load on a time scale of milliseconds, not of whole epochs. 0 alternates whole epochs.
+    """
     models = build(case, inputs)
     optimisers = {k: torch.optim.Adam(m.parameters(), lr=5e-4) for k, m in models.items()}
     warm = min(len(inputs), 4 * case.batch_size)
@@ -126,11 +136,24 @@ def measure(case: Case, inputs, labels, repeats: int) -> dict:
     cpu: dict[str, list[float]] = {"relu": [], "snn": []}
     load_before = load_average()
     for repeat in range(repeats):
-        for kind, model in models.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            epoch(case, model, optimisers[kind], inputs, labels, seed=repeat + 1)
-            wall[kind].append(time.perf_counter() - start)
-            cpu[kind].append(time.process_time() - start_cpu)
+        if not interleave:
+            for kind, model in models.items():
+                start, start_cpu = time.perf_counter(), time.process_time()
+                epoch(case, model, optimisers[kind], inputs, labels, seed=repeat + 1)
+                wall[kind].append(time.perf_counter() - start)
+                cpu[kind].append(time.process_time() - start_cpu)
+            continue
+        streams = {k: iter(TensorBatches(inputs, labels, case.batch_size, seed=repeat + 1)) for k in models}
+        spent = {k: [0.0, 0.0] for k in models}
+        for _ in range(-(-len(inputs) // (case.batch_size * interleave))):
+            for kind, model in models.items():
+                start, start_cpu = time.perf_counter(), time.process_time()
+                train_epoch(model, itertools.islice(streams[kind], interleave), optimisers[kind])
+                spent[kind][0] += time.perf_counter() - start
+                spent[kind][1] += time.process_time() - start_cpu
+        for kind in models:
+            wall[kind].append(spent[kind][0])
+            cpu[kind].append(spent[kind][1])
     steps = -(-len(inputs) // case.batch_size)
     relu_s, snn_s = statistics.median(wall["relu"]), statistics.median(wall["snn"])
     relu_cpu, snn_cpu = statistics.median(cpu["relu"]), statistics.median(cpu["snn"])
@@ -192,7 +215,9 @@ def run_case(case: Case, args) -> dict:
         torch.set_num_threads(threads)
         proc = start_competitor(case, threads, samples, args.vgg_steps) if mode == "competing" else None
         try:
-            r = measure(case, inputs, labels, args.repeats)
+            interleave = case.interleave if args.interleave is None else args.interleave
+            r = measure(case, inputs, labels, args.repeats, interleave)
+            r["interleave_steps"] = interleave
         finally:
             if proc is not None:
                 stop(proc)
@@ -249,6 +274,8 @@ def main() -> None:
     parser.add_argument("--lenet-samples", type=int, help="LeNet5 epoch size (default: the whole training split)")
     parser.add_argument("--vgg-steps", type=int, help="VGG16 steps per measurement (default 10)")
     parser.add_argument("--threads", type=int, help="threads per process (default: pipeline.threads policy)")
+    parser.add_argument("--interleave", type=int,
+                        help="alternate ReLU and SNN every N steps (default per case, 50 for FC2 f32); 0: whole epochs")
     parser.add_argument("--no-compete", action="store_true", help="skip the runs with a competing process")
     parser.add_argument("--out", type=Path, default=RESULTS / "speed.json")
     parser.add_argument("--worker", choices=sorted(CASES), help=argparse.SUPPRESS)

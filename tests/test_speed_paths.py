@@ -2,13 +2,12 @@
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import ttfs
-from ttfs.network import SNN, _Edges
+from ttfs.network import _HOST_MARGIN, SNN, _Edges
 from ttfs.train import DivergenceError, TensorBatches, train_epoch
 
 DTYPES = [torch.float32, torch.float64]
@@ -95,17 +94,16 @@ def reference_windows(snn: SNN, record, kappa):
     return deltas
 
 
-@pytest.mark.parametrize("host", [True, False], ids=["cpu-scalars", "tensor-ops"])
+@pytest.mark.parametrize("host", [True, False], ids=["host-check", "tensor-ops"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name,build,shape", CASES)
-def test_lean_window_rule_equals_the_reference(name, build, shape, dtype, host, monkeypatch):
-    if not host:  # the path a CUDA network takes, on the CPU
-        monkeypatch.setattr("ttfs.network._NP_TYPES", {})
+def test_lean_window_rule_equals_the_reference(name, build, shape, dtype, host):
     x, _ = data(64, shape, dtype)
     snn = ttfs.convert(build(dtype), x[:8], zeta=0.0)  # tight windows: the rule must grow them
     snn.forward_train(x[:8])
     edges = snn._edges
-    assert (edges.host is not None) == host
+    assert edges.host
+    edges.host = host  # False: the path a CUDA network takes, on the CPU
     grew = 0
     for batch in x[8:].split(8):
         expected = reference_windows(snn, copy.deepcopy(snn).run(batch), 10.0)
@@ -118,23 +116,28 @@ def test_lean_window_rule_equals_the_reference(name, build, shape, dtype, host, 
     assert grew
 
 
+@pytest.mark.parametrize("kappa", [10.0, 0.1, 3.7])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_host_decision_matches_the_tensor_rule(dtype):
-    """The CPU shortcut grows a window exactly when clamp_ would change it (ties and NaN included)."""
+def test_host_check_never_misses_a_growing_window(dtype, kappa):
+    """The CPU shortcut skips the tensor rule only where clamp_ would change nothing (ties and NaN included)."""
     g = torch.Generator().manual_seed(0)
-    t_max = 1.0 + 10 * torch.rand(4000, generator=g, dtype=torch.float64)
-    earliest = t_max - torch.rand(4000, generator=g, dtype=torch.float64) * t_max
-    delta = (t_max - earliest) * 10.0 * (0.5 + torch.rand(4000, generator=g, dtype=torch.float64))
-    delta[::7] = ((t_max - earliest) * 10.0)[::7]  # exact ties
-    earliest[5] = float("nan")
-    t_max, earliest, delta = t_max.to(dtype), earliest.to(dtype), delta.to(dtype)
-    grows_tensor = delta.clone().clamp_(min=torch.sub(t_max, earliest).mul_(torch.tensor(10.0, dtype=dtype)))
-    changed = ~((grows_tensor == delta) | (grows_tensor.isnan() & delta.isnan()))
-    f = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
-    host = np.array([not (f(a) - f(m)) * f(10.0) <= f(d)
-                     for a, m, d in zip(t_max.tolist(), earliest.tolist(), delta.tolist(), strict=True)])
-    assert (host[~np.isnan(earliest.numpy())] == changed.numpy()[~np.isnan(earliest.numpy())]).all()
-    assert host[5]  # NaN goes to the tensor path
+    t_max = 1.0 + 10 * torch.rand(20000, generator=g, dtype=torch.float64)
+    earliest = t_max - torch.rand(20000, generator=g, dtype=torch.float64) * t_max
+    t_max, earliest = t_max.to(dtype), earliest.to(dtype)
+    exact = torch.sub(t_max, earliest).mul_(torch.tensor(kappa, dtype=dtype))
+    scale = 1.0 + torch.randn(20000, generator=g, dtype=torch.float64) * 1e-6  # near ties
+    scale[1::2] = 1.0 + torch.rand(10000, generator=g, dtype=torch.float64)  # clearly wide windows
+    delta = (exact.double() * scale).to(dtype)
+    delta[::5] = exact[::5]  # exact ties
+    earliest[7] = float("nan")
+    exact = torch.sub(t_max, earliest).mul_(torch.tensor(kappa, dtype=dtype))
+    grows = delta.clone().clamp_(min=exact) != delta
+    grows[7] = True
+    may_grow = torch.tensor([not (a - m) * kappa <= d * _HOST_MARGIN
+                             for a, m, d in zip(t_max.tolist(), earliest.tolist(), delta.tolist(), strict=True)])
+    assert bool(may_grow[grows].all())  # never skips a growth
+    clear = ~grows & (delta.double() > 1.00001 * exact.double())
+    assert not bool(may_grow[clear].any())  # and skips the clear cases
 
 
 def test_window_cache_follows_every_change_of_the_windows():
@@ -186,13 +189,37 @@ def test_lean_and_general_training_agree_for_conv(name, build, shape):
         assert (a - b).abs().max() <= 1e-10  # pool ties may route a gradient to another equal input
 
 
+@pytest.mark.parametrize("wrap", ["tensor_batches", "tqdm", "list"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_lean_epoch_rejects_non_finite_inputs(bad):
+def test_lean_epoch_rejects_non_finite_inputs(bad, wrap):
+    from tqdm import tqdm
+
     x, y = data(64, (1, 6, 6), torch.float64)
     snn = ttfs.convert(fc_net(torch.float64), x)
-    x[17, 0, 2, 3] = bad
+    state = copy.deepcopy(snn.state_dict())
+    batches = TensorBatches(x, y, 8)
+    wrapped = {"tensor_batches": batches, "tqdm": tqdm(batches, disable=True), "list": list(batches)}[wrap]
+    x[17, 0, 2, 3] = bad  # in place: a TensorBatches checks again
+    if wrap == "list":
+        wrapped[2][0][1, 0, 2, 3] = bad
     with pytest.raises(ValueError, match="NaN or infinite"):
-        train_epoch(snn, TensorBatches(x, y, 8), torch.optim.Adam(snn.parameters(), lr=1e-3))
+        train_epoch(snn, wrapped, torch.optim.Adam(snn.parameters(), lr=1e-3))
+    if wrap != "list":  # checked before the first step: nothing trained
+        assert all(torch.equal(a, b) for a, b in zip(state.values(), snn.state_dict().values(), strict=True))
+
+
+def test_tensor_batches_check_their_inputs_once(monkeypatch):
+    x, y = data(64, (1, 6, 6), torch.float64)
+    batches = TensorBatches(x, y, 8)
+    calls = []
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: calls.append(t.shape) or real(t))
+    batches.check_finite()
+    batches.check_finite()
+    assert len(calls) == 1
+    x.mul_(1.0)  # an in-place change (version bump) asks for a new check
+    batches.check_finite()
+    assert len(calls) == 2
 
 
 def test_lean_step_checks_the_input_shape():
@@ -243,7 +270,7 @@ def test_lean_steps_do_not_synchronise_on_cuda(name, build, shape):
     x, y = data(64, shape, torch.float64)
     snn = ttfs.convert(build(torch.float64), x[:8], zeta=0.0).cuda()
     x, y = x.cuda(), y.cuda()
-    assert _Edges(snn.boundaries(), snn.deltas, snn.t_start).host is None
+    assert not _Edges(snn.boundaries(), snn.deltas, snn.t_start).host
     opt = torch.optim.Adam(snn.parameters(), lr=1e-3)
     reference = copy.deepcopy(snn)
     snn.forward_train(x[:8], kappa=10.0)  # first call builds the caches (reads a few values once)

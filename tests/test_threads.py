@@ -26,6 +26,19 @@ def test_large_convolutions_share_the_cores_between_workers():
     assert threads_for("vgg16", 32, workers=16, cores=8)[0] == 1
 
 
+def test_busy_cores_are_left_out():
+    assert threads_for("vgg16", 32, cores=8, busy=5.2)[0] == 3
+    assert threads_for("vgg16", 32, cores=2, busy=3.0)[0] == 1
+    assert threads_for("lenet5", 128, cores=8, busy=0.0)[0] == 1
+
+
+def test_load_aware_configuration_reads_the_load(monkeypatch):
+    monkeypatch.setattr("pipeline.threads.load_average", lambda: 3.0)
+    assert configure_threads("vgg16", 32, cores=4, load_aware=True).intra_op == 1
+    setting = configure_threads("vgg16", 32, cores=4)
+    assert setting.intra_op == 4 and setting.load == 3.0
+
+
 def test_configure_sets_and_reports(monkeypatch):
     setting = configure_threads("lenet5", 128, cores=4)
     assert torch.get_num_threads() == setting.intra_op == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -80,9 +79,9 @@ class _Edges:
     the boundaries in place after the adaptive rule grew the windows, so the element views stay valid
     and nothing is re-split; it is only used while the tensor has not been handed out (``shared``).
 
-    On the CPU (float32/float64) the hidden windows and t_max are mirrored as numpy scalars of the same
-    dtype (``host``): the adaptive rule then decides with scalar arithmetic, which rounds exactly as
-    the tensor operations do, whether any window grows, and only runs the tensor update when one does.
+    On the CPU (float32/float64, ``host``) the hidden windows and t_max are mirrored as Python floats:
+    the adaptive rule then first checks on the host whether any window can grow, and only runs the
+    tensor update (which decides exactly) when one might.
     """
 
     __slots__ = ("boundaries", "edges", "widths", "tail", "hidden_t_max", "hidden_deltas", "deltas", "t_start",
@@ -104,13 +103,13 @@ class _Edges:
         # input window of exactly 1 makes t_max - 1 * x a plain subtraction (the same rounding).
         self.start_zero = cpu and not bool(t_start)
         self.unit_input = cpu and bool(deltas[0] == 1)
-        self.host = _NP_TYPES.get(deltas.dtype) if cpu else None
+        self.host = cpu and deltas.dtype in (torch.float32, torch.float64)
         self._mirror()
 
     def _mirror(self) -> None:
-        if self.host is not None:
-            self.host_deltas = [self.host(v) for v in self.hidden_deltas.tolist()]
-            self.host_t_max = [self.host(v) for v in self.hidden_t_max.tolist()]
+        if self.host:
+            self.host_deltas = self.hidden_deltas.tolist()
+            self.host_t_max = self.hidden_t_max.tolist()
 
     @staticmethod
     def _keys(deltas: Tensor, t_start: Tensor) -> tuple:
@@ -135,7 +134,7 @@ class _Edges:
         self._mirror()
 
 
-_NP_TYPES = {torch.float32: np.float32, torch.float64: np.float64}
+_HOST_MARGIN = 1.0 - 1e-6  # see SNN._grow_windows_host
 
 
 class _Plan:
@@ -338,9 +337,9 @@ class SNN(nn.Module):
         else:
             t = torch.addcmul(b[1], encoder.scaled(z), e.widths[0], value=-1)
         acts: list[Tensor] = []
-        earliest: list = []  # per hidden layer: min spike time (a numpy scalar on the CPU, else a 0-d tensor)
+        earliest: list = []  # per hidden layer: min spike time (a float on the CPU, else a 0-d tensor)
         adapt = kappa is not None
-        host = e.host is not None
+        host = e.host
         pending: Tensor | None = None  # the last hidden layer's spike times, its activation still to be taken
         n = 1
         for layer, role, pool in plan.steps:
@@ -366,7 +365,8 @@ class SNN(nn.Module):
             if pool is None:
                 t = t_max - y  # t_max - ReLU(Wx + D): SpikingNeurons.forward for B1
                 if adapt:
-                    earliest.append(t.detach().numpy().min() if host else t.detach().amin())
+                    m = t.detach().amin()
+                    earliest.append(m.item() if host else m)
                 if activations:
                     pending = t
             else:
@@ -374,11 +374,8 @@ class SNN(nn.Module):
                 if adapt:  # min(t_max - y) = t_max - max(y); the pooled times hold it if the pool covers y
                     covers = pool.stride == pool.kernel_size and y.shape[-2] % pool.kernel_size[0] == 0 \
                         and y.shape[-1] % pool.kernel_size[1] == 0
-                    if host:
-                        earliest.append(t.detach().numpy().min() if covers else
-                                        e.host_t_max[n - 1] - y.detach().numpy().max())
-                    else:
-                        earliest.append(t.detach().amin() if covers else t_max - y.detach().amax())
+                    m = t.detach().amin() if covers else t_max - y.detach().amax()
+                    earliest.append(m.item() if host else m)
                 if activations:
                     acts.append(t_max - (t_max - y))
             n += 1
@@ -401,17 +398,17 @@ class SNN(nn.Module):
         self._grow_windows(self._current_edges(), earliest, record.boundaries[2:len(earliest) + 2], kappa)
 
     @classmethod
-    def _grow_windows_host(cls, e: _Edges, earliest: list, kappa: float) -> None:
-        """The rule of :meth:`_grow_windows` decided on the host (CPU): the tensors change only if a window grows.
+    def _grow_windows_host(cls, e: _Edges, earliest: list[float], kappa: float) -> None:
+        """:meth:`_grow_windows` on the CPU, skipped when no window can grow (the common case).
 
-        numpy scalars of the windows' dtype round as the tensor operations do, so a window grows here
-        exactly when ``clamp_`` would change it (NaN counts as growing: the tensor path then decides).
+        kappa * (t_max - earliest) is evaluated in double precision; float32 rounding moves it by
+        less than 2.5e-7 of its value, so a value below delta * (1 - 1e-6) cannot grow a float32 or
+        float64 window. Anything else (growth, a near tie, NaN) goes to the exact tensor rule.
         """
-        f = e.host
-        k = f(kappa)
         for m, t_max, delta in zip(earliest, e.host_t_max, e.host_deltas, strict=True):
-            if not (t_max - f(m)) * k <= delta:
-                cls._grow_windows(e, [torch.from_numpy(np.array(earliest, dtype=f))], e.hidden_t_max, kappa)
+            if not (t_max - m) * kappa <= delta * _HOST_MARGIN:
+                earliest_t = torch.tensor(earliest, dtype=e.deltas.dtype)
+                cls._grow_windows(e, [earliest_t], e.hidden_t_max, kappa)
                 return
 
     @staticmethod

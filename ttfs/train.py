@@ -61,6 +61,15 @@ class TensorBatches:
         self.batch_size, self.shuffle = int(batch_size), shuffle
         self.device, self.dtype = torch.device(device), dtype
         self.generator = torch.Generator().manual_seed(seed)
+        self._finite: tuple | None = None  # (data_ptr, version) of the inputs last found finite
+
+    def check_finite(self) -> None:
+        """Raise ValueError if the inputs hold NaN or inf: one pass, repeated only after the inputs changed."""
+        key = (self.inputs.data_ptr(), self.inputs._version)
+        if self._finite != key:
+            if self.inputs.is_floating_point() and not bool(torch.isfinite(self.inputs).all()):
+                raise ValueError("input contains NaN or infinite values; clean or impute the data before encoding")
+            self._finite = key
 
     def __len__(self) -> int:
         return -(-len(self.inputs) // self.batch_size)
@@ -72,6 +81,15 @@ class TensorBatches:
         labels = self.labels.to(self.device)
         for idx in order.to(self.device).split(self.batch_size):
             yield inputs[idx], labels[idx]
+
+
+def _tensor_batches(batches) -> TensorBatches | None:
+    """The TensorBatches behind ``batches``, seen through progress bars (tqdm's ``iterable``); else None."""
+    for _ in range(4):
+        if isinstance(batches, TensorBatches):
+            return batches
+        batches = getattr(batches, "iterable", None)
+    return None
 
 
 def l1_penalty(activations: list[Tensor]) -> Tensor:
@@ -99,8 +117,10 @@ def train_epoch(
     (:func:`ttfs.constraints.clamp_hidden_biases`).
 
     A B1 SNN without hardware constraints takes the lean step (:meth:`ttfs.SNN.forward_train`, the same
-    numbers as :meth:`ttfs.SNN.run`): no per-step host synchronisation, the inputs checked for NaN/inf
-    once per epoch on the device (a ValueError at the end of the epoch instead of at the bad batch).
+    numbers as :meth:`ttfs.SNN.run`) with no per-step host synchronisation. Its inputs are checked for
+    NaN/inf (a ValueError, as :meth:`ttfs.SNN.run` raises) once, before the epoch, when ``batches`` is a
+    :class:`TensorBatches` (possibly in a tqdm progress bar); other iterables are checked on the device
+    batch by batch and a bad batch raises at the end of the epoch.
     ``lean=False`` takes the general path (a :class:`ttfs.SpikeRecord` per step). Loss and accuracy
     (and the inputs' check) are kept on the device and reduced once per epoch, for every model.
     """
@@ -113,6 +133,10 @@ def train_epoch(
     predictions: list[Tensor] = []
     labels: list[Tensor] = []
     input_sums: list[Tensor] = []
+    probe = use_lean
+    if use_lean and (source := _tensor_batches(batches)) is not None:
+        source.check_finite()
+        probe = False
     for z, y in batches:
         if use_lean:
             step = model.forward_train(z, activations=bool(l1), kappa=kappa if adapt else None)
@@ -120,7 +144,8 @@ def train_epoch(
             loss = F.cross_entropy(logits, y)
             if l1:
                 loss = loss + l1 * step.l1()
-            input_sums.append(z.sum())  # NaN/inf in the inputs make it non-finite
+            if probe:
+                input_sums.append(z.sum())  # NaN/inf in the inputs make it non-finite
         elif is_snn:
             step = model.run(z)
             logits = step.logits
