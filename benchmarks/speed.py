@@ -21,9 +21,11 @@ from ``pipeline.threads`` (1 for FC2/LeNet5 and for everything while competing, 
 alone) unless ``--threads`` is given. The machine load (1-minute load average) before and after each
 measurement is recorded: other users' work shows there.
 
-    .venv/bin/python benchmarks/speed.py --quick            # about two minutes
-    .venv/bin/python benchmarks/speed.py                    # full epochs, three repeats
-    .venv/bin/python benchmarks/speed.py --cases fc2_f64 --samples 16000 --repeats 5
+    .venv/bin/python -m benchmarks.speed --quick            # about two minutes
+    .venv/bin/python -m benchmarks.speed                    # full epochs, three repeats (about 20 minutes)
+    .venv/bin/python -m benchmarks.speed --cases fc2_f64 --samples 16000 --repeats 5
+
+(``python benchmarks/speed.py`` works as well.)
 
 Writes benchmarks/results/speed.json and benchmarks/results/speed.md (``--out``).
 """
@@ -185,7 +187,9 @@ def worker(case: Case, samples: int, vgg_steps: int) -> None:
 
 def start_competitor(case: Case, threads: int, samples: int, vgg_steps: int) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TTFS_THREADS=str(threads))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", case.name, "--threads", str(threads),
+    script = Path(sys.argv[0])  # this file, or the name it was started under
+    launch = [str(script.absolute())] if script.suffix == ".py" and script.exists() else ["-m", "benchmarks.speed"]
+    cmd = [sys.executable, *launch, "--worker", case.name, "--threads", str(threads),
            "--samples", str(samples), "--vgg-steps", str(vgg_steps)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     line = proc.stdout.readline()  # blocks until it trains at full speed
@@ -295,7 +299,7 @@ def main() -> None:
         pass
     report = {"machine": platform.processor() or platform.machine(), "cores": available_cores(),
               "torch": torch.__version__, "python": platform.python_version(),
-              "command": " ".join(["benchmarks/speed.py", *sys.argv[1:]]),
+              "command": " ".join(["python -m benchmarks.speed", *sys.argv[1:]]),
               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_start": load_average(), "cases": []}
     for name in args.cases:
         report["cases"].append(run_case(CASES[name], args))
