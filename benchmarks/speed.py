@@ -86,6 +86,15 @@ CASES = {
 }
 
 
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def load_average() -> float | None:
     try:
         return os.getloadavg()[0]
@@ -240,7 +249,7 @@ def markdown(report: dict) -> str:
     lines = [
         "# Training speed: SNN vs ReLU",
         "",
-        f"{report['machine']}, {report['cores']} cores, torch {report['torch']}; "
+        f"{report['machine']}, {report['cores']} cores, torch {report['torch']}, commit {report.get('git_commit')}; "
         f"command: `{report['command']}`.",
         "ReLU and SNN alternate in one process (A B A B ...); times are medians over the repeats "
         "(wall clock); ratio = SNN / ReLU. *competing*: a second process trains the same case at the same "
@@ -299,7 +308,7 @@ def main() -> None:
         pass
     report = {"machine": platform.processor() or platform.machine(), "cores": available_cores(),
               "torch": torch.__version__, "python": platform.python_version(),
-              "command": " ".join(["python -m benchmarks.speed", *sys.argv[1:]]),
+              "command": " ".join(["python -m benchmarks.speed", *sys.argv[1:]]), "git_commit": git_commit(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_start": load_average(), "cases": []}
     for name in args.cases:
         report["cases"].append(run_case(CASES[name], args))
