@@ -6,6 +6,9 @@ is reported, with samples per second and the ratio SNN time / ReLU time (target 
 spike-time forward throughput of the converted LeNet5 (inference, batch 1000).
 
     .venv/bin/python benchmarks/training_speed.py            # writes benchmarks/results/training_speed.json
+
+The fuller suite (float64, VGG16, a competing process, thread counts, finer alternation) is
+benchmarks/speed.py.
 """
 
 from __future__ import annotations
@@ -14,15 +17,20 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # measure this checkout's ttfs, not whichever one is installed
+    sys.path.insert(0, str(ROOT))
 
-import ttfs
-from pipeline.data import load_or_prepare
-from ttfs.train import TensorBatches, train_epoch
-from ttfs.zoo import create_model
+import torch  # noqa: E402
+
+import ttfs  # noqa: E402
+from pipeline.data import load_or_prepare  # noqa: E402
+from ttfs.train import TensorBatches, train_epoch  # noqa: E402
+from ttfs.zoo import create_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

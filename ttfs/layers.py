@@ -179,7 +179,8 @@ class SpikingLinear(SpikingNeurons):
         return F.linear(x, self.weight)
 
     def affine(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias[:, 0])
+        # bias is (out, 1): a view, not bias[:, 0], whose backward allocates and scatters a zero tensor
+        return F.linear(x, self.weight, self.bias.view(-1))
 
     def per_neuron(self, p: Tensor) -> Tensor:
         return p[:, 0]
@@ -224,8 +225,8 @@ class SpikingConv2d(SpikingNeurons):
         return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding)
 
     def affine(self, x: Tensor) -> Tensor:
-        if self.region_index is None:
-            return F.conv2d(x, self.weight, self.bias[:, 0], stride=self.stride, padding=self.padding)
+        if self.region_index is None:  # bias is (out, 1); a view keeps the backward free of a scatter
+            return F.conv2d(x, self.weight, self.bias.view(-1), stride=self.stride, padding=self.padding)
         return self.integrate(x) + self.bias[:, self.region_index]
 
     def per_neuron(self, p: Tensor) -> Tensor:
@@ -302,11 +303,14 @@ class InputEncoder(nn.Module):
         self.register_buffer("q", q_t.reshape(shape))
         self.unit_range = bool((p_t == 0).all() and (q_t == 1).all())
 
-    def check(self, z: Tensor) -> None:
-        if tuple(z.shape[1:]) != self.in_shape:
+    def check_shape(self, z: Tensor) -> None:
+        if z.shape[1:] != self.in_shape:
             raise ValueError(
                 f"input has shape {tuple(z.shape)}, expected (batch, {', '.join(map(str, self.in_shape))})"
             )
+
+    def check(self, z: Tensor) -> None:
+        self.check_shape(z)
         # One reduction decides for almost every batch; the elementwise test only runs if it is not finite.
         if not math.isfinite(z.sum().item()) and not bool(torch.isfinite(z).all()):
             raise ValueError("input contains NaN or infinite values; clean or impute the data before encoding")

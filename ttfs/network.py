@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import InputEncoder, SpikingNeurons
+from .layers import InputEncoder, MinTimePool2d, SpikingNeurons
 
 
 @dataclass
@@ -60,6 +60,115 @@ class SpikeRecord:
         return sum(x.sum() for x in self.activations()) / batch
 
 
+@dataclass
+class LeanStep:
+    """What :meth:`SNN.forward_train` returns: logits and the hidden activations (if asked for)."""
+
+    logits: Tensor
+    activations: list[Tensor]
+
+    def l1(self) -> Tensor:
+        """Sum of |x| over hidden activations, averaged over the batch (as :meth:`SpikeRecord.l1`)."""
+        return sum(x.sum() for x in self.activations) / self.logits.shape[0]
+
+
+class _Edges:
+    """Cached window boundaries of an SNN: the tensor, its elements (views) and the widths (views of deltas).
+
+    Valid while ``deltas``/``t_start`` are the same tensors at the same version. :meth:`update` re-chains
+    the boundaries in place after the adaptive rule grew the windows, so the element views stay valid
+    and nothing is re-split; it is only used while the tensor has not been handed out (``shared``).
+
+    On the CPU (float32/float64, ``host``) the hidden windows and t_max are mirrored as Python floats:
+    the adaptive rule then first checks on the host whether any window can grow, and only runs the
+    tensor update (which decides exactly) when one might.
+    """
+
+    __slots__ = ("boundaries", "edges", "widths", "tail", "hidden_t_max", "hidden_deltas", "deltas", "t_start",
+                 "keys", "shared", "start_zero", "unit_input", "kappa", "host", "host_deltas", "host_t_max")
+
+    def __init__(self, boundaries: Tensor, deltas: Tensor, t_start: Tensor):
+        self.boundaries = boundaries
+        self.edges = list(boundaries.unbind())
+        self.widths = list(deltas.unbind())
+        self.tail = boundaries[1:]
+        self.hidden_t_max = boundaries[2:]  # t_max^(n) of the hidden layers n = 1..N-1
+        self.hidden_deltas = deltas[1:]
+        self.deltas, self.t_start = deltas, t_start
+        self.keys = self._keys(deltas, t_start)
+        self.shared = False
+        self.kappa: tuple[float, Tensor] | None = None
+        cpu = deltas.device.type == "cpu" and t_start.device.type == "cpu"
+        # Values known without a device sync on the CPU only: an exact 0 start adds nothing, and an
+        # input window of exactly 1 makes t_max - 1 * x a plain subtraction (the same rounding).
+        self.start_zero = cpu and not bool(t_start)
+        self.unit_input = cpu and bool(deltas[0] == 1)
+        self.host = cpu and deltas.dtype in (torch.float32, torch.float64)
+        self._mirror()
+
+    def _mirror(self) -> None:
+        if self.host:
+            self.host_deltas = self.hidden_deltas.tolist()
+            self.host_t_max = self.hidden_t_max.tolist()
+
+    @staticmethod
+    def _keys(deltas: Tensor, t_start: Tensor) -> tuple:
+        return deltas._version, t_start._version, deltas.data_ptr(), t_start.data_ptr()
+
+    def valid(self, deltas: Tensor, t_start: Tensor) -> bool:
+        return (deltas is self.deltas and t_start is self.t_start
+                and (deltas._version, t_start._version, deltas.data_ptr(), t_start.data_ptr()) == self.keys)
+
+    def kappa_tensor(self, kappa: float) -> Tensor:
+        """kappa as a 0-d tensor of the windows' dtype and device (a Python scalar costs a conversion per op)."""
+        if self.kappa is None or self.kappa[0] != kappa:
+            self.kappa = (kappa, torch.tensor(kappa, dtype=self.deltas.dtype, device=self.deltas.device))
+        return self.kappa[1]
+
+    def update(self) -> None:
+        """boundaries = t_start + [0, cumsum(deltas)], written into the cached tensor (as SNN.boundaries)."""
+        torch.cumsum(self.deltas, 0, out=self.tail)
+        if not self.start_zero:
+            self.tail.add_(self.t_start)
+        self.keys = self._keys(self.deltas, self.t_start)
+        self._mirror()
+
+
+_HOST_MARGIN = 1.0 - 1e-6  # see SNN._grow_windows_host
+
+
+class _Plan:
+    """The layer list read once for the lean step: (module, role, pool) per step.
+
+    role 0 = no neurons (flatten, a pool not fused), 1 = hidden neuron layer, 2 = readout. ``pool`` is a
+    :class:`MinTimePool2d` without sign flips that directly follows a hidden layer: it is fused into that
+    layer's step (pooling the activations, see :meth:`SNN.forward_train`) and has no entry of its own.
+    """
+
+    __slots__ = ("modules", "steps", "b1")
+
+    def __init__(self, modules: tuple[nn.Module, ...]):
+        last = len(modules) - 1
+        steps: list[tuple[nn.Module, int, MinTimePool2d | None]] = []
+        skip = False
+        for i, m in enumerate(modules):
+            if skip:
+                skip = False
+                continue
+            if not isinstance(m, SpikingNeurons):
+                steps.append((m, 0, None))
+            elif i == last:
+                steps.append((m, 2, None))
+            else:
+                after = modules[i + 1]
+                pool = after if isinstance(after, MinTimePool2d) and after.sign is None else None
+                steps.append((m, 1, pool))
+                skip = pool is not None
+        self.modules = modules
+        self.steps = tuple(steps)
+        self.b1 = modules[-1].parameterisation == "b1"
+
+
 class SNN(nn.Module):
     """A time-to-first-spike network: encoder, spiking layers and a non-spiking readout.
 
@@ -91,8 +200,18 @@ class SNN(nn.Module):
         self.register_buffer("t_start", torch.tensor(float(t_start), dtype=deltas.dtype))
         # Optional hardware constraints on emitted spikes (ttfs.constraints); None = exact network.
         self.spike_constraints: nn.Module | None = None
-        self._edges_key: tuple | None = None
-        self._edges: tuple[Tensor, list[Tensor], list[Tensor]] | None = None
+        self._edges: _Edges | None = None
+        self._plan: _Plan | None = None
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_edges"] = state["_plan"] = None  # caches: rebuilt on use (a copy gets its own)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.pop("_edges_key", None)  # the cache key of older versions
+        self._edges = self._plan = None
 
     @property
     def neuron_layers(self) -> list[SpikingNeurons]:
@@ -106,26 +225,45 @@ class SNN(nn.Module):
         """t_min^(0), t_min^(1) = t_max^(0), ..., t_min^(N) = t_max^(N-1) (the readout time)."""
         return self.t_start + F.pad(self.deltas.cumsum(0), (1, 0))
 
-    def _window_edges(self) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    def _window_edges(self, share: bool = True) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """boundaries(), its elements and the window widths, recomputed only when the windows change.
 
         A training step reads every edge several times; in-place changes of ``deltas``/``t_start``
-        bump their version counters, which invalidates the cache.
+        bump their version counters, which invalidates the cache (a few attribute reads per call).
+        ``share`` marks the boundaries tensor as handed out (to a :class:`SpikeRecord`): the adaptive
+        window update then replaces it instead of updating it in place.
         """
-        key = (self.deltas.data_ptr(), self.deltas._version, self.t_start.data_ptr(), self.t_start._version,
-               self.deltas.dtype, self.deltas.device)
-        if self._edges_key != key:
-            b = self.boundaries()
-            self._edges = (b, list(b.unbind()), list(self.deltas.unbind()))
-            self._edges_key = key
-        return self._edges
+        e = self._current_edges()
+        if share:
+            e.shared = True
+        return e.boundaries, e.edges, e.widths
+
+    def _current_edges(self) -> _Edges:
+        deltas, t_start = self.deltas, self.t_start
+        e = self._edges
+        if e is None or not e.valid(deltas, t_start):
+            e = self._edges = _Edges(self.boundaries(), deltas, t_start)
+        return e
+
+    def _layer_plan(self) -> _Plan:
+        """The cached :class:`_Plan`, rebuilt if the layer list was changed."""
+        modules = tuple(self.layers._modules.values())
+        plan = self._plan
+        if plan is None or plan.modules != modules:  # tuple comparison of modules is by identity
+            plan = self._plan = _Plan(modules)
+        return plan
+
+    @property
+    def lean(self) -> bool:
+        """Whether the lean training step (:meth:`forward_train`) applies: B1 without hardware constraints."""
+        return self.spike_constraints is None and self._layer_plan().b1
 
     def latency(self) -> Tensor:
         """t_min^(N) - t_min^(0): time from the first input spike window to the readout."""
         return self.deltas.sum()
 
     def encode(self, z: Tensor) -> Tensor:
-        _, edges, widths = self._window_edges()
+        _, edges, widths = self._window_edges(share=False)
         return self.encoder(z, edges[1], widths[0])
 
     def run(self, z: Tensor) -> SpikeRecord:
@@ -167,20 +305,120 @@ class SNN(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         return self.run(z).logits
 
-    @torch.no_grad()
+    def forward_train(self, z: Tensor, activations: bool = False, kappa: float | None = None) -> LeanStep:
+        """The lean B1 training forward: logits and (optionally) the hidden activations.
+
+        Computes what :meth:`run` computes for a B1 network without constraints, the same numbers bit
+        for bit (logits, spike times of every layer's input), without the per-call bookkeeping: no
+        :class:`SpikeRecord`, no finiteness check of the inputs (the caller checks them on the device,
+        see :func:`ttfs.train.train_epoch`), the layer plan and the window edges cached.
+
+        A min-time pool after a hidden layer takes the earliest spike, min_i (t_max - y_i), which is
+        t_max - max_i y_i exactly (rounding is monotone): the pool is applied to the activations y and
+        the layer's spike times are formed after pooling, saving two full-size operations per pool
+        forward and backward. (Where several inputs of a pool tie, the gradient goes to the largest y,
+        as in the ReLU network.)
+
+        ``activations`` returns x^(n) = t_max^(n) - t^(n) of every hidden layer (the L1 penalty).
+        ``kappa`` applies the adaptive window rule of SPEC 2.8 (:meth:`adapt_windows`) to this pass's
+        spike times right away: the windows then are what ``adapt_windows`` after the optimiser step
+        would make them (the optimiser does not touch the windows, the backward pass does not read
+        them). Use :meth:`run` for anything else (alpha1, constraints, statistics, spike times).
+        """
+        plan = self._layer_plan()
+        if self.spike_constraints is not None or not plan.b1:
+            raise ValueError("forward_train is the unconstrained B1 step; use run() for alpha1 or constraints")
+        e = self._current_edges()
+        b = e.edges
+        encoder = self.encoder
+        encoder.check_shape(z)
+        if e.unit_input:  # t_max - 1 * x, the same rounding as addcmul
+            t = torch.sub(b[1], encoder.scaled(z))
+        else:
+            t = torch.addcmul(b[1], encoder.scaled(z), e.widths[0], value=-1)
+        acts: list[Tensor] = []
+        earliest: list = []  # per hidden layer: min spike time (a float on the CPU, else a 0-d tensor)
+        adapt = kappa is not None
+        host = e.host
+        pending: Tensor | None = None  # the last hidden layer's spike times, its activation still to be taken
+        n = 1
+        for layer, role, pool in plan.steps:
+            if role == 0:
+                if pending is not None:
+                    acts.append(b[n] - pending)
+                    pending = None
+                t = layer(t)
+                continue
+            x = b[n] - t  # t_min - t_in
+            if pending is not None:
+                acts.append(x)  # t_max^(n-1) - t^(n-1): the previous layer's activation, already computed
+                pending = None
+            if role == 2:
+                if adapt and earliest:
+                    if host:
+                        self._grow_windows_host(e, earliest, kappa)
+                    else:
+                        self._grow_windows(e, earliest, e.hidden_t_max, kappa)
+                return LeanStep(layer.affine(x), acts)
+            y = F.relu(layer.affine(x))
+            t_max = b[n + 1]
+            if pool is None:
+                t = t_max - y  # t_max - ReLU(Wx + D): SpikingNeurons.forward for B1
+                if adapt:
+                    m = t.detach().amin()
+                    earliest.append(m.item() if host else m)
+                if activations:
+                    pending = t
+            else:
+                t = t_max - F.max_pool2d(y, pool.kernel_size, pool.stride)  # == pool(t_max - y)
+                if adapt:  # min(t_max - y) = t_max - max(y); the pooled times hold it if the pool covers y
+                    covers = pool.stride == pool.kernel_size and y.shape[-2] % pool.kernel_size[0] == 0 \
+                        and y.shape[-1] % pool.kernel_size[1] == 0
+                    m = t.detach().amin() if covers else t_max - y.detach().amax()
+                    earliest.append(m.item() if host else m)
+                if activations:
+                    acts.append(t_max - (t_max - y))
+            n += 1
+        raise AssertionError("unreachable: the constructor checks the readout is last")
+
     def adapt_windows(self, record: SpikeRecord, kappa: float = 10.0) -> None:
         """SPEC 2.8: Delta^(n) <- max(Delta^(n), kappa * max_batch x^(n)) for every hidden layer.
 
         The B1 function does not depend on the windows, so this keeps spikes causal without changing
         what the network computes. alpha1 windows enter its function, and windows under hardware
         constraints are set explicitly (SPEC 2.8): both are left alone.
+
+        All layers at once and on the device (no host synchronisation), from the record's spike times
+        and windows: max_batch x = t_max - min_batch t exactly (rounding is monotone). Then t_min/t_max
+        are re-chained. (The lean training step does this inside :meth:`forward_train`.)
         """
-        if self.parameterisation != "b1" or self.spike_constraints is not None:
+        if self.spike_constraints is not None or not self._layer_plan().b1 or not record.times:
             return
-        b = record.boundaries
-        for n, t in enumerate(record.times, start=1):
-            # max_batch x = t_max - min_batch t
-            self.deltas[n].clamp_(min=(b[n + 1] - t.detach().amin()).mul_(kappa))
+        earliest = [t.detach().amin() for t in record.times]
+        self._grow_windows(self._current_edges(), earliest, record.boundaries[2:len(earliest) + 2], kappa)
+
+    @classmethod
+    def _grow_windows_host(cls, e: _Edges, earliest: list[float], kappa: float) -> None:
+        """:meth:`_grow_windows` on the CPU, skipped when no window can grow (the common case).
+
+        kappa * (t_max - earliest) is evaluated in double precision; float32 rounding moves it by
+        less than 2.5e-7 of its value, so a value below delta * (1 - 1e-6) cannot grow a float32 or
+        float64 window. Anything else (growth, a near tie, NaN) goes to the exact tensor rule.
+        """
+        for m, t_max, delta in zip(earliest, e.host_t_max, e.host_deltas, strict=True):
+            if not (t_max - m) * kappa <= delta * _HOST_MARGIN:
+                earliest_t = torch.tensor(earliest, dtype=e.deltas.dtype)
+                cls._grow_windows(e, [earliest_t], e.hidden_t_max, kappa)
+                return
+
+    @staticmethod
+    def _grow_windows(e: _Edges, earliest: list[Tensor], t_max: Tensor, kappa: float) -> None:
+        """Delta^(n) <- max(Delta^(n), kappa * (t_max^(n) - earliest^(n))) for the hidden layers, then re-chain."""
+        with torch.no_grad():
+            first = earliest[0] if len(earliest) == 1 else torch.stack(earliest)
+            e.hidden_deltas.clamp_(min=torch.sub(t_max, first).mul_(e.kappa_tensor(kappa)))
+            if not e.shared:  # nobody holds the boundaries tensor: re-chain it in place, the views stay valid
+                e.update()
 
     def phase1_spikes(self, record: SpikeRecord) -> Tensor:
         """Per hidden layer, alpha1 neurons whose potential reaches threshold during phase 1 (0 for B1)."""

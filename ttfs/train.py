@@ -6,6 +6,7 @@ gradient. For B1 this is gradient descent on the ReLU network itself, step for s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -60,6 +61,15 @@ class TensorBatches:
         self.batch_size, self.shuffle = int(batch_size), shuffle
         self.device, self.dtype = torch.device(device), dtype
         self.generator = torch.Generator().manual_seed(seed)
+        self._finite: tuple | None = None  # (data_ptr, version) of the inputs last found finite
+
+    def check_finite(self) -> None:
+        """Raise ValueError if the inputs hold NaN or inf: one pass, repeated only after the inputs changed."""
+        key = (self.inputs.data_ptr(), self.inputs._version)
+        if self._finite != key:
+            if self.inputs.is_floating_point() and not bool(torch.isfinite(self.inputs).all()):
+                raise ValueError("input contains NaN or infinite values; clean or impute the data before encoding")
+            self._finite = key
 
     def __len__(self) -> int:
         return -(-len(self.inputs) // self.batch_size)
@@ -71,6 +81,15 @@ class TensorBatches:
         labels = self.labels.to(self.device)
         for idx in order.to(self.device).split(self.batch_size):
             yield inputs[idx], labels[idx]
+
+
+def _tensor_batches(batches) -> TensorBatches | None:
+    """The TensorBatches behind ``batches``, seen through progress bars (tqdm's ``iterable``); else None."""
+    for _ in range(4):
+        if isinstance(batches, TensorBatches):
+            return batches
+        batches = getattr(batches, "iterable", None)
+    return None
 
 
 def l1_penalty(activations: list[Tensor]) -> Tensor:
@@ -89,25 +108,50 @@ def train_epoch(
     adapt_windows: bool = True,
     nonpositive_bias: bool = False,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    lean: bool = True,
 ) -> dict[str, float]:
     """One pass over ``batches``; returns mean loss and accuracy. Raises DivergenceError on NaN/inf.
 
     For an SNN the windows follow the adaptive rule of SPEC 2.8 after every optimiser step.
     ``nonpositive_bias`` projects hidden biases onto b <= 0 after every step
     (:func:`ttfs.constraints.clamp_hidden_biases`).
+
+    A B1 SNN without hardware constraints takes the lean step (:meth:`ttfs.SNN.forward_train`, the same
+    numbers as :meth:`ttfs.SNN.run`) with no per-step host synchronisation. Its inputs are checked for
+    NaN/inf (a ValueError, as :meth:`ttfs.SNN.run` raises) once, before the epoch, when ``batches`` is a
+    :class:`TensorBatches` (possibly in a tqdm progress bar); other iterables are checked on the device
+    batch by batch and a bad batch raises at the end of the epoch.
+    ``lean=False`` takes the general path (a :class:`ttfs.SpikeRecord` per step). Loss and accuracy
+    (and the inputs' check) are kept on the device and reduced once per epoch, for every model.
     """
     model.train()
     is_snn = isinstance(model, SNN)
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.long)
-    seen = 0
+    use_lean = lean and is_snn and model.lean
+    adapt = is_snn and adapt_windows
+    # Per-step results stay on the model's device and are reduced once per epoch: no host sync per step.
+    losses: list[Tensor] = []
+    predictions: list[Tensor] = []
+    labels: list[Tensor] = []
+    input_sums: list[Tensor] = []
+    probe = use_lean
+    if use_lean and (source := _tensor_batches(batches)) is not None:
+        source.check_finite()
+        probe = False
     for z, y in batches:
-        if is_snn:
-            record = model.run(z)
-            logits = record.logits
+        if use_lean:
+            step = model.forward_train(z, activations=bool(l1), kappa=kappa if adapt else None)
+            logits = step.logits
             loss = F.cross_entropy(logits, y)
             if l1:
-                loss = loss + l1 * record.l1()
+                loss = loss + l1 * step.l1()
+            if probe:
+                input_sums.append(z.sum())  # NaN/inf in the inputs make it non-finite
+        elif is_snn:
+            step = model.run(z)
+            logits = step.logits
+            loss = F.cross_entropy(logits, y)
+            if l1:
+                loss = loss + l1 * step.l1()
         else:
             out = forward_with_activations(model, z, need_activations=bool(l1))
             logits = out.logits
@@ -121,17 +165,24 @@ def train_epoch(
             clamp_hidden_biases(model)
         if scheduler is not None:
             scheduler.step()
-        if is_snn and adapt_windows:
-            model.adapt_windows(record, kappa)
-        loss_sum += loss.detach().to("cpu", torch.float64) * len(y)
-        correct += (logits.detach().argmax(1) == y).sum().cpu()
-        seen += len(y)
-    mean_loss = float(loss_sum) / max(seen, 1)
-    if not torch.isfinite(loss_sum):
+        if adapt and not use_lean:  # the lean step adapted the windows in its forward pass
+            model.adapt_windows(step, kappa)
+        losses.append(loss.detach())
+        predictions.append(logits.detach().argmax(1))
+        labels.append(y)
+    if not losses:
+        return {"loss": 0.0, "accuracy": 0.0}
+    if input_sums and not bool(torch.isfinite(torch.stack(input_sums).sum(dtype=torch.float64))):
+        raise ValueError("input contains NaN or infinite values; clean or impute the data before encoding")
+    sizes = torch.tensor([len(t) for t in labels], dtype=torch.float64, device=losses[0].device)
+    seen = float(sizes.sum())
+    mean_loss = float((torch.stack(losses).to(torch.float64) * sizes).sum()) / seen
+    correct = int((torch.cat(predictions) == torch.cat(labels).to(predictions[0].device)).sum())
+    if not math.isfinite(mean_loss):
         raise DivergenceError(
             f"training loss became {mean_loss}; lower the learning rate or the L1 strength, or check the data"
         )
-    return {"loss": mean_loss, "accuracy": float(correct) / max(seen, 1)}
+    return {"loss": mean_loss, "accuracy": correct / seen}
 
 
 @torch.no_grad()
