@@ -316,9 +316,11 @@ class ModelParams(Section):
 
 
 class ExperimentParams(Section):
-    """Every key is required: dvc.yaml lists each one as a params dependency, and DVC refuses missing ones.
+    """Every key but ``threads`` is required: dvc.yaml lists each one as a params dependency, and DVC
+    refuses missing ones.
 
-    Keys inside the stage sections have defaults (an empty section ``{}`` is valid).
+    Keys inside the stage sections have defaults (an empty section ``{}`` is valid). ``threads`` is how
+    the work runs, not what it computes, so it is no stage's dependency and changes no params hash.
     """
 
     dataset: Literal[DATASETS]  # type: ignore[valid-type]
@@ -331,6 +333,7 @@ class ExperimentParams(Section):
     finetune: FinetuneParams
     evaluate: EvaluateParams
     sweep: SweepParams
+    threads: PositiveInt | None = None  # torch CPU threads (None: pipeline/threads.py policy; TTFS_THREADS wins)
 
     @model_validator(mode="after")
     def _bias_constraint_needs_plain_model(self) -> ExperimentParams:

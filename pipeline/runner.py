@@ -28,6 +28,7 @@ from .artifacts import Paths, prepared_dir
 from .data import Prepared, load_prepared
 from .errors import ParamsError, PipelineError
 from .results import PretrainResult, lineage_digest
+from .threads import ThreadSetting, configure_threads
 from .tracking import REFERENCE, StageRun, Tracker, project_root, run_params
 
 EXIT_FAILED, EXIT_PARAMS, EXIT_INTERRUPTED = 1, 2, 130
@@ -80,9 +81,11 @@ def stage(name: str, target: str | None = "experiment",
                 params = P.load(args.params)
                 if target == "dataset":
                     params.dataset(args.name)
-                elif target == "experiment":
+                ctx = Context(name, getattr(args, "name", None), params, args)
+                if target == "experiment":
                     params.experiment(args.name)
-                body(Context(name, getattr(args, "name", None), params, args))
+                    ctx.experiment.use_threads(name)
+                body(ctx)
             except ParamsError as e:
                 print(f"invalid params: {e}", file=sys.stderr)
                 return EXIT_PARAMS
@@ -134,6 +137,7 @@ class Experiment:
 
     name: str
     params: P.ExperimentParams
+    threads: ThreadSetting | None = None  # set by use_threads when a stage starts
 
     @cached_property
     def tracker(self) -> Tracker:
@@ -187,14 +191,23 @@ class Experiment:
         return convert(relu64, _Calibration(x, batch_size, self.device), in_range=self.data.in_range, zeta=zeta,
                        dtype=torch.float64)
 
+    def use_threads(self, stage: str) -> ThreadSetting:
+        """Set torch's CPU threads for ``stage`` (pipeline/threads.py); its MLflow runs are tagged with them."""
+        section = getattr(self.params, stage, None)
+        batch_size = getattr(section, "batch_size", None) or getattr(section, "eval_batch_size", None) or 1000
+        self.threads = configure_threads(self.params.model.name, batch_size, requested=self.params.threads)
+        print(f"{stage} {self.name}: {self.threads.intra_op} CPU thread(s) ({self.threads.reason})", file=sys.stderr)
+        return self.threads
+
     def lineage(self) -> dict[str, str]:
         """Input identity recorded in model files and results (deterministic: checksums, never run ids)."""
         return {"experiment": self.name, "dataset": self.params.dataset,
                 "data_sha256": lineage_digest(self.data.meta["sha256"])}
 
     def tags(self, role: str) -> dict[str, str]:
+        threads = {k: str(v) for k, v in self.threads.as_dict().items()} if self.threads else {}
         return {"role": role, "dataset": self.params.dataset, "model": self.params.model.name,
-                "device": str(self.device)}
+                "device": str(self.device)} | threads
 
     def track(self, stage: str, role: str, resume: str | None = None, **tags: str) -> StageRun:
         """The MLflow run of ``stage`` on this experiment, tagged with its params hash."""

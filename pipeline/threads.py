@@ -12,7 +12,8 @@ on one machine oversubscribe the cores and run several times slower than alone. 
     run.log_params(setting.as_dict())
 
 ``TTFS_THREADS`` (ours) or else ``OMP_NUM_THREADS`` (the usual one) in the environment override the
-choice. ``load_aware=True`` also leaves out the cores other processes keep busy (1-minute load
+choice; next comes an explicit ``requested`` count (an experiment's ``threads`` param). The environment
+wins because it describes the machine (N queued jobs on it), the param only the experiment. ``load_aware=True`` also leaves out the cores other processes keep busy (1-minute load
 average): on a shared two-core machine a VGG16 step with two threads took 2.8 s against 1.25 s with
 one while other work ran. It is off by default because the thread count can change the last bits of
 convolution results, and a pipeline stage should not depend on the machine's load.
@@ -40,7 +41,7 @@ class ThreadSetting:
     cores: int  # cores this process may run on
     workers: int
     load: float | None  # 1-minute load average when the setting was made
-    source: str  # "TTFS_THREADS", "OMP_NUM_THREADS" or "policy"
+    source: str  # "TTFS_THREADS", "OMP_NUM_THREADS", "param" or "policy"
     reason: str
 
     def as_dict(self, prefix: str = "threads.") -> dict:
@@ -96,7 +97,7 @@ def threads_for(model: str, batch_size: int, workers: int = 1, cores: int | None
 
 
 def configure_threads(model: str, batch_size: int, workers: int = 1, cores: int | None = None,
-                      load_aware: bool = False) -> ThreadSetting:
+                      load_aware: bool = False, requested: int | None = None) -> ThreadSetting:
     """Set torch's intra-op and inter-op threads for this work (see the module docstring); returns what it set."""
     cores = available_cores() if cores is None else max(1, int(cores))
     workers = max(1, int(workers))
@@ -105,6 +106,9 @@ def configure_threads(model: str, batch_size: int, workers: int = 1, cores: int 
     if override is not None:
         intra, source = override
         reason = f"{source}={intra} in the environment"
+    elif requested is not None:
+        intra, source = int(requested), "param"
+        reason = f"threads: {intra} in the params"
     else:
         busy = (load or 0.0) if load_aware else 0.0
         intra, reason = threads_for(model, batch_size, workers, cores, busy)

@@ -272,3 +272,35 @@ def test_training_steps_never_see_a_validation_or_test_image(tmp_path, tiny_para
     trained = {tuple(r) for r in torch.cat(seen).tolist()}
     assert trained and trained <= rows["train"]
     assert not trained & rows["val"] and not trained & rows["test"]
+
+
+def test_stages_set_their_threads_and_tag_their_runs_with_them(tmp_path, tiny_params, monkeypatch):
+    """The thread policy runs in every experiment stage (fc2: one thread), the ``threads`` param
+    overrides it, and the MLflow run records what was used."""
+    import yaml
+
+    from stages import prepare, pretrain
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("TTFS_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        tiny_params["experiments"]["tiny_fc2"]["pretrain"].update(epochs=1)
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params))
+        assert prepare.main(["synthetic"]) == 0
+        assert pretrain.main(["tiny_fc2"]) == 0
+        assert torch.get_num_threads() == 1
+        tiny_params["experiments"]["tiny_fc2"]["threads"] = 2
+        tiny_params["experiments"]["tiny_fc2"]["pretrain"].update(epochs=2)
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params))
+        assert pretrain.main(["tiny_fc2"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    tracker = tracking.Tracker("tiny_fc2")
+    runs = tracker.client.search_runs([tracker.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [(r.data.tags["threads.intra_op"], r.data.tags["threads.source"]) for r in runs] == \
+        [("1", "policy"), ("2", "param")]

@@ -66,3 +66,10 @@ def test_bad_environment_value_is_named(monkeypatch, value):
     monkeypatch.setenv("TTFS_THREADS", value)
     with pytest.raises(ValueError, match="TTFS_THREADS"):
         configure_threads("fc2", 8)
+
+
+def test_a_param_request_counts_unless_the_environment_says_otherwise(monkeypatch):
+    setting = configure_threads("vgg16", 32, cores=4, requested=2)
+    assert setting.intra_op == torch.get_num_threads() == 2 and setting.source == "param"
+    monkeypatch.setenv("TTFS_THREADS", "1")
+    assert configure_threads("vgg16", 32, cores=4, requested=2).source == "TTFS_THREADS"
