@@ -394,7 +394,7 @@ class DynamicsConfig(Section):
     ``depth`` counts weight layers (hidden layers + readout): depth 8 = 7 hidden layers of ``width``.
     ``train_size``/``val_size``/``test_size``: seeded random subsets of the train, val and test splits
     (None = all). Every network (ReLU, B1, alpha1 smart, alpha1 standard) gets its own Adam learning rate:
-    the value of ``lr_grid`` with the best validation accuracy after ``selection_epochs`` epochs. It then
+    the value of ``lr_grid`` with the best ``selection_metric`` on validation after ``selection_epochs`` epochs. It then
     trains for up to ``epochs`` epochs; it stops earlier once its running training accuracy over an epoch
     reaches ``target_train_accuracy`` (None: never), or when its best running training accuracy has not
     risen for ``patience`` epochs (None: never), or on a NaN/inf loss. ``records`` log-spaced epochs (plus
@@ -419,6 +419,7 @@ class DynamicsConfig(Section):
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.0  # SGD only
     lr_grid: Annotated[list[PositiveFloat], Field(min_length=1)] = [1e-3, 1e-4, 1e-5, 1e-6]
+    selection_metric: Literal["val_loss", "val_accuracy"] = "val_loss"
     selection_epochs: PositiveInt = 40
     target_train_accuracy: Fraction | None = 1.0
     patience: PositiveInt | None = 100

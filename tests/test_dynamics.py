@@ -204,11 +204,16 @@ def test_the_learning_rate_is_chosen_on_validation_and_test_is_read_only_after_t
             assert a["networks"][name][key] == b["networks"][name][key], (name, key)
     assert a["networks"]["relu"]["test_loss"] != b["networks"]["relu"]["test_loss"]
     for name, sel in a["selection"].items():
-        best = max((r for r in sel["runs"] if not r["diverged"]), key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+        best = min((r for r in sel["runs"] if not r["diverged"]), key=lambda r: r["val_loss"])
         assert sel["split"] == "val" and sel["chosen_lr"] == best["lr"] == a["networks"][name]["lr"]
     noisy_val = synthetic(100, 2, prototypes=torch.rand(4, 64, generator=torch.Generator().manual_seed(5)))
     c = D.run_dynamics(cfg, train, noisy_val, test, tmp_path / "d", plots=False)
     assert c["selection"]["relu"]["runs"] != a["selection"]["relu"]["runs"]
+    by_accuracy = D.run_dynamics(cfg.model_copy(update={"selection_metric": "val_accuracy"}), train, val, test,
+                                 tmp_path / "e", plots=False)
+    for name, sel in by_accuracy["selection"].items():
+        best = max((r for r in sel["runs"] if not r["diverged"]), key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+        assert sel["chosen_lr"] == best["lr"]
 
 
 @pytest.mark.parametrize("recentre", [False, True])
