@@ -441,8 +441,9 @@ def train_study(config: DynamicsConfig, train: Split, val: Split, log: LogFn | N
     for name in tqdm(SELECTED, desc="dynamics: learning rates on validation", unit="network", file=sys.stderr,
                      leave=False):
         chosen[name], selection[name] = select_learning_rate(name, nets[name], train_dev, val_dev, config, device)
-        tqdm.write(f"dynamics: {name}: lr {chosen[name]} ("
-                   + ", ".join(f"{r['lr']:g}: " + ("diverged" if r["diverged"] else f"{r['val_accuracy']:.3f}")
+        metric = config.selection_metric
+        tqdm.write(f"dynamics: {name}: lr {chosen[name]} ({metric} "
+                   + ", ".join(f"{r['lr']:g}: " + ("diverged" if r["diverged"] else f"{r[metric]:.4g}")
                                for r in selection[name]) + ")", file=sys.stderr)
 
     chosen[CONTROL] = chosen["relu"]

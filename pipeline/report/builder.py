@@ -326,7 +326,8 @@ def dynamics_view(d: DynamicsResult) -> DynamicsView:
     grid = list(c.lr_grid)
     selection_rows = []
     for name, s in sel.items():
-        cells = {r.lr: ("diverged" if r.diverged else f"{pct(r.val_accuracy)}") for r in s.runs}
+        cells = {r.lr: ("diverged" if r.diverged else f"{gen(r.val_loss, 3)} ({pct(r.val_accuracy)} %)")
+                 for r in s.runs}
         selection_rows.append([label(name), *(cells[lr] if lr in cells else DASH for lr in grid), _lr(s.chosen_lr)])
     network_rows = []
     for name, n in nets.items():
