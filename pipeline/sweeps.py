@@ -228,7 +228,7 @@ def setting_metrics(result: dict) -> dict:
         out["sigma_relative"] = result["sigma_relative_per_layer"]
     if result["finetuned"] is not None:
         out["finetuned"] = result["finetuned"]
-        out["finetune_train_accuracy"] = result["finetune_train_accuracy"]
+        out["running_train_accuracy"] = result["finetune_train_accuracy"]  # the MLflow name (training.RUNNING)
     out["delta_snn"] = {k: v for k, v in result["delta_snn"].items() if v is not None}
     return out
 

@@ -170,7 +170,7 @@ def run_trial(ctx: Context, trial: optuna.Trial) -> TrialState:
     values, attrs, error = None, {}, None
     try:
         result = ctx.runner.run(l1, lr, lambda epoch, stats: mlrun.log_metrics(
-            {f"train_{k}": v for k, v in stats.items()}, step=epoch))
+            {f"running_train_{k}": v for k, v in stats.items()}, step=epoch))
         mlrun.log_metrics(result, step=ctx.tp.epochs)
         if ctx.reference is not None:
             link_reference(mlrun, ctx.reference, {"test_accuracy": result["test_accuracy"]})
