@@ -118,6 +118,7 @@ def repo(tmp_path_factory) -> Repo:
     r.set_params(TINY)
     r.run("git", "init", "-q")
     r.run("dvc", "init", "-q")
+    shutil.copy2(ROOT / ".dvc" / "config", path / ".dvc" / "config")  # the project's: offline plots template
     r.run("git", "add", "-A")
     r.run("git", "commit", "-qm", "pipeline")
     start = time.monotonic()
@@ -271,8 +272,10 @@ def test_plain_exp_show_has_one_code_column_per_stage_and_fits_200_columns(repo)
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium)")
 def test_report_and_offline_plots_render_in_a_browser(repo):
     check_rendered(repo.path / "reports/report.html", min_images=10)
-    repo.run("dvc", "plots", "show", "--html-template", "pipeline/vega/offline.html")
-    check_rendered(repo.path / "dvc_plots/index.html", min_images=0, min_canvases=len(TINY["experiments"]) * 8)
+    for args in ((), ("--html-template", "pipeline/vega/offline.html")):  # plain: .dvc/config names the template
+        shutil.rmtree(repo.path / "dvc_plots", ignore_errors=True)
+        repo.run("dvc", "plots", "show", *args)
+        check_rendered(repo.path / "dvc_plots/index.html", min_images=0, min_canvases=len(TINY["experiments"]) * 8)
 
 
 def test_second_repro_runs_nothing(repo):
