@@ -256,8 +256,9 @@ def test_plain_exp_show_has_one_code_column_per_stage_and_fits_200_columns(repo)
     """Plain `dvc exp show` lists every param of params.yaml and every dep of every stage: a stage's code
     is one dep, its stamp code/<stage>.sha256 (pipeline/deps.py), not one per source file (58 columns of
     file hashes). This toy repository: 130 columns, 4,472 characters; before reproducing it, with one dep
-    per source file 149 columns and 4,316 characters, with the stamps 105 and 3,201; the reproduced default profile went from 204 to 160 columns, 7,214 to 5,418 characters
-    (README "Looking at results"); the params, one column per leaf of params.yaml, are most of the rest."""
+    per source file 149 columns and 4,316 characters, with the stamps 105 and 3,201. The reproduced default
+    profile went from 204 to 160 columns, 7,214 to 5,418 characters (README "Looking at results"); the
+    params, one column per leaf of params.yaml, are most of the rest."""
     header = next(csv.reader(io.StringIO(repo.run("dvc", "exp", "show", "--csv").stdout)))
     stages = yaml.safe_load((repo.path / "dvc.yaml").read_text())["stages"]
     code = [h for h in header if h.split("/")[0] in ("code", "pipeline", "stages", "ttfs")]

@@ -146,8 +146,9 @@ def test_paper_table_puts_our_numbers_beside_the_papers(tree):
         assert all(r[col["SNN ours"]] != "not run" for r in rows(md, dataset, model)), (dataset, model)
     assert not rows(md, "CIFAR10", "VGG16", "no") and not rows(md, "PLACES365", "VGG16")
     (line,) = [x for x in md.splitlines() if x.startswith("Paper results no experiment")]
-    assert line == ("Paper results no experiment of this profile (`default`) reproduces: MNIST FC2, MNIST FC16, MNIST VGG16, fMNIST LeNet5, "
-                    "CIFAR10 VGG16, CIFAR100 VGG16, CIFAR100 VGG16 + L1, PLACES365 VGG16, PLACES365 VGG16 + L1. "
+    assert line == ("Paper results no experiment of this profile (`default`) reproduces: MNIST FC2, MNIST FC16, "
+                    "MNIST VGG16, fMNIST LeNet5, CIFAR10 VGG16, CIFAR100 VGG16, CIFAR100 VGG16 + L1, "
+                    "PLACES365 VGG16, PLACES365 VGG16 + L1. "
                     "The paper profile defines every row: `./tasks.sh profile paper` (`params.paper.yaml`).")
     assert "fMNIST 93.14" in md  # the best published single-spike results
 

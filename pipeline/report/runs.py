@@ -2,8 +2,9 @@
 
 Every stage tags its run with ``dvc_stage`` (``<stage>@<experiment>``) and ``params_hash``, and writes
 the same hash into its result file; the report looks the run up by both, in the MLflow experiment of
-the pipeline experiment, and prints its id as a link to the run's page in the MLflow UI (:func:`ui_base`). Nothing is created in the tracking store: a missing
-sqlite file is not opened. An unreadable store degrades every id to n/a with the reason.
+the pipeline experiment, and prints its id as a link to the run's page in the MLflow UI (:func:`ui_base`).
+Nothing is created in the tracking store: a missing sqlite file is not opened. An unreadable store
+degrades every id to n/a with the reason.
 """
 
 from __future__ import annotations
