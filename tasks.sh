@@ -82,7 +82,8 @@ case "${1:-}" in
         if [ ! -d "$ws/.dvc" ]; then
             (cd "$ws" && "$OLDPWD/.venv/bin/dvc" init -q --no-scm)
         fi
-        (cd "$ws" && "$OLDPWD/.venv/bin/dvc" config --local cache.dir "$OLDPWD/.dvc/cache")
+        (cd "$ws" && "$OLDPWD/.venv/bin/dvc" config --local cache.dir "$OLDPWD/.dvc/cache" &&
+            "$OLDPWD/.venv/bin/dvc" config --local plots.html_template ../pipeline/vega/offline.html)
         export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db} TTFS_PROFILE=$name
         cd "$ws" && PATH="$OLDPWD/.venv/bin:$PATH" dvc repro "$@"
         ;;

@@ -1,13 +1,21 @@
 """The code each DVC stage runs: its import closure within the project, found statically.
 
-One source for three things that must agree: the code deps in dvc.yaml (so that ``dvc repro`` reruns a
-stage whenever any code it imports changes, not just the files someone remembered to list), the code
-hash in checkpoint names (so that a checkpoint never resumes under other code), and the code part of
-the sweep and tune identities. The closure follows ``import``/``from`` statements anywhere in a file
-(function bodies included) with ``ast``, so nothing is imported and no heavy dependency is needed.
+One source for three things that must agree: the code deps of the DVC stages (so that ``dvc repro``
+reruns a stage whenever any code it imports changes, not just the files someone remembered to list),
+the code hash in checkpoint names (so that a checkpoint never resumes under other code), and the code
+part of the sweep and tune identities. The closure follows ``import``/``from`` statements anywhere in a
+file (function bodies included) with ``ast``, so nothing is imported and no heavy dependency is needed.
+
+In dvc.yaml a stage's code dep is one small file, ``code/<stage>.sha256``: its closure, one line per
+file with the file's hash, written by the stage ``code`` (``python -m pipeline.deps --stamp``, which
+depends on the directories ttfs/, pipeline/ and stages/ and runs in about a second whenever any code
+changes). A stamp changes exactly when a file of the stage's closure changes, so ``dvc repro`` reruns
+exactly the stages whose code changed, as with one dep per file, while ``dvc exp show`` gets one
+column per stage instead of one per source file (README "Looking at results").
 
     python -m pipeline.deps finetune     # the files `finetune` depends on, and their hash
-    python -m pipeline.deps --check      # exit 1, listing what dvc.yaml's code deps miss or list in excess
+    python -m pipeline.deps --stamp      # write code/<stage>.sha256 for every stage (the `code` stage)
+    python -m pipeline.deps --check      # exit 1, naming what dvc.yaml's code deps get wrong
     python -m pipeline.deps --write      # rewrite those entries in dvc.yaml (comments and layout kept)
 """
 
@@ -27,6 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CODE_DIRS = ("ttfs", "pipeline", "stages")
 #: Non-Python files read as code, inside the directory of an imported package.
 DATA_PATTERNS = ("*.j2", "*.jinja", "templates/**/*")
+#: The DVC stage that writes the stamps, and where they go (git-tracked, ``cache: false``).
+CODE_STAGE = "code"
+STAMP_DIR = "code"
 
 
 def _module_file(name: str, root: Path) -> Path | None:
@@ -96,31 +107,87 @@ def code_hash(stage: str, root: Path | None = None) -> str:
     return h.hexdigest()[:16]
 
 
+def stamp_path(stage: str) -> str:
+    """The repo-relative stamp of ``stage``: its one code dep in dvc.yaml."""
+    return f"{STAMP_DIR}/{stage}.sha256"
+
+
+def stamp(stage: str, root: Path | None = None) -> str:
+    """The text of ``code/<stage>.sha256``: the closure, each file with 16 hex digits of its sha256, and
+    the code hash. Deterministic; it changes exactly when a file of the closure (or the closure) does."""
+    root = root or ROOT
+    lines = [f"# stage {stage}: the code it runs (python -m pipeline.deps {stage}), written by the `code` stage",
+             f"code_hash {code_hash(stage, root)}"]
+    lines += [f"{hashlib.sha256((root / name).read_bytes()).hexdigest()[:16]}  {name}" for name in closure(stage, root)]
+    return "\n".join(lines) + "\n"
+
+
+def write_stamps(stages: list[str], root: Path | None = None) -> list[Path]:
+    """Write the stamp of every stage in ``stages`` (unchanged bytes are not rewritten); their paths."""
+    root = root or ROOT
+    paths = []
+    for stage in stages:
+        path = root / stamp_path(stage)
+        text = stamp(stage, root)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+        paths.append(path)
+    return paths
+
+
 # -- dvc.yaml ----------------------------------------------------------------------------------------
 
 
 def is_code(dep: str) -> bool:
-    return dep.split("/", 1)[0] in CODE_DIRS
+    """A code dep: a file or directory of the code, or a stamp."""
+    return dep.split("/", 1)[0] in (*CODE_DIRS, STAMP_DIR)
+
+
+def _stages(dvc_yaml: Path) -> dict[str, dict]:
+    """Stage name -> its body as written in dvc.yaml (``foreach`` stages: that of ``do``)."""
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    return {name: spec.get("do", spec) for name, spec in stages.items()}
 
 
 def _declared(dvc_yaml: Path) -> dict[str, list[str]]:
     """Stage name -> its deps as written in dvc.yaml (``foreach`` stages: those of ``do``)."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
-    return {name: (spec.get("do", spec).get("deps") or []) for name, spec in stages.items()}
+    return {name: body.get("deps") or [] for name, body in _stages(dvc_yaml).items()}
+
+
+def pipeline_stages(dvc_yaml: Path) -> list[str]:
+    """The stages whose code is stamped: every stage of dvc.yaml but ``code`` itself."""
+    return [name for name in _stages(dvc_yaml) if name != CODE_STAGE]
+
+
+def wanted(stage: str) -> list[str]:
+    """The code deps dvc.yaml must list for ``stage``: the code directories for ``code``, else its stamp."""
+    return list(CODE_DIRS) if stage == CODE_STAGE else [stamp_path(stage)]
 
 
 def problems(dvc_yaml: Path, root: Path | None = None) -> list[str]:
-    """One line per stage whose code deps in dvc.yaml differ from its closure; empty when they agree."""
+    """One line per stage whose code deps in dvc.yaml are not its stamp (``code``: not the code
+    directories, or outputs other than every stage's stamp); empty when they agree."""
     out = []
-    for stage, deps in _declared(dvc_yaml).items():
-        if _module_file(f"stages.{stage}", root or ROOT) is None:
+    stages = _stages(dvc_yaml)
+    if CODE_STAGE not in stages:
+        out.append(f"{CODE_STAGE}: no such stage (it writes the stamps: python -m pipeline.deps --stamp)")
+    for stage, body in stages.items():
+        if stage != CODE_STAGE and _module_file(f"stages.{stage}", root or ROOT) is None:
             out.append(f"{stage}: no stages/{stage}.py")
             continue
-        need, have = set(closure(stage, root)), {d for d in deps if is_code(d)}
+        need, have = set(wanted(stage)), {d for d in body.get("deps") or [] if is_code(d)}
         if need - have:
             out.append(f"{stage}: missing {', '.join(sorted(need - have))}")
         if have - need:
-            out.append(f"{stage}: not imported (stale) {', '.join(sorted(have - need))}")
+            out.append(f"{stage}: not a code dep of this layout (stale) {', '.join(sorted(have - need))}")
+    if CODE_STAGE in stages:
+        outs = {next(iter(o)) if isinstance(o, dict) else o for o in stages[CODE_STAGE].get("outs") or []}
+        need = {stamp_path(s) for s in stages if s != CODE_STAGE}
+        if need - outs:
+            out.append(f"{CODE_STAGE}: outs miss {', '.join(sorted(need - outs))}")
+        if outs - need:
+            out.append(f"{CODE_STAGE}: outs that are no stage's stamp {', '.join(sorted(outs - need))}")
     return out
 
 
@@ -130,9 +197,9 @@ _ITEM = re.compile(r"^(\s+)(?:- ([^#\s]+)|#)")  # a list item, or a comment line
 
 
 def rewrite(text: str, root: Path | None = None) -> str:
-    """dvc.yaml's text with each stage's code deps replaced by its closure, first, in order; other deps
-    (data, models, directories) keep their lines, comments included. A textual edit: YAML libraries
-    renumber or drop the comments attached to list items."""
+    """dvc.yaml's text with each stage's code deps replaced by :func:`wanted` (its stamp; ``code``: the
+    code directories), first; other deps (data, models, directories) keep their lines, comments
+    included. A textual edit: YAML libraries renumber or drop the comments attached to list items."""
     lines, out, stage, i = text.splitlines(keepends=True), [], None, 0
     while i < len(lines):
         line = lines[i]
@@ -146,7 +213,7 @@ def rewrite(text: str, root: Path | None = None) -> str:
                 items.append((item.group(2) or "#", lines[i]))
                 i += 1
             indent = next((raw[: raw.index("-")] for dep, raw in items if dep != "#"), m.group(1) + "  ")
-            out += [f"{indent}- {f}\n" for f in closure(stage, root)]
+            out += [f"{indent}- {f}\n" for f in wanted(stage)]
             out += [raw for dep, raw in items if not is_code(dep)]
     return "".join(out)
 
@@ -154,6 +221,10 @@ def rewrite(text: str, root: Path | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     dvc_yaml = ROOT / "dvc.yaml"
+    if args == ["--stamp"]:
+        for path in write_stamps(pipeline_stages(dvc_yaml)):
+            print(f"{path.relative_to(ROOT).as_posix()}: {path.read_text().splitlines()[1]}", file=sys.stderr)
+        return 0
     if args == ["--write"]:
         dvc_yaml.write_text(rewrite(dvc_yaml.read_text()))
         args = ["--check"]

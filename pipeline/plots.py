@@ -25,7 +25,7 @@ def save_png(fig, path: Path) -> None:
 def training_curve(path: Path, history: list[dict], title: str) -> None:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
     epochs = [r["epoch"] for r in history]
-    for split, label in (("train", "training"), ("val", "validation")):
+    for split, label in (("train", "training (running mean)"), ("val", "validation")):
         ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], marker="o", label=label)
         ax_acc.plot(epochs, [r[f"{split}_accuracy"] for r in history], marker="o", label=label)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title=f"{title}: loss")
@@ -45,16 +45,25 @@ def spikes_per_layer(path: Path, values: list[float], title: str) -> None:
 
 
 def spike_time_histogram(path: Path, edges: list[float], counts: list[list[int]], title: str) -> None:
+    save_png(spike_time_figure(edges, counts, title), path)
+
+
+def spike_time_figure(edges: list[float], counts: list[list[int]], title: str):
+    """Spike counts per time bin, one step line per hidden layer, on a log axis (open Figure)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
     width = edges[1] - edges[0]
-    for n, layer_counts in enumerate(counts, start=1):
-        ax.step(centres, layer_counts, where="mid", label=f"layer {n}")
-    ax.set(xlabel="(t - t_min) / window width", ylabel="spikes", title=title,
+    for n, layer_counts in enumerate(counts, start=1):  # empty bins are gaps on the log axis
+        ax.step(centres, [c if c > 0 else float("nan") for c in layer_counts], where="mid", label=f"layer {n}")
+    # log scale: the first hidden layer fires orders of magnitude more spikes than the deeper ones
+    log = any(c > 0 for layer_counts in counts for c in layer_counts)
+    if log:
+        ax.set_yscale("log")
+    ax.set(xlabel="(t - t_min) / window width", ylabel="spikes (log scale)" if log else "spikes", title=title,
            xlim=(edges[0] - width, edges[-1] + width))
     ax.legend(fontsize="small")
     fig.tight_layout()
-    save_png(fig, path)
+    return fig
 
 
 def raster(path: Path, layers: list[tuple[list[float], list[int], int]], boundaries: list[float],

@@ -64,6 +64,7 @@ from . import params as P
 from .artifacts import Paths, write_csv
 from .params import SweepParams
 from .results import SweepResult
+from .tracking import run_params
 from .training import fit
 
 KINDS = ("jitter", "time_steps", "weight_bits", "latency_factor")
@@ -198,7 +199,7 @@ class MlflowRecorder:
             "constraint": kind, "constraint_value": fmt(value),
             "params_hash": P.params_hash(self.params, kind, value),
         }
-        params = self.params | {"constraint": {"kind": kind, "value": value}}
+        params = run_params(self.params, "sweep") | {"constraint": {"kind": kind, "value": value}}
         return self.tracker.run(self.stage, params, tags, resume=resume)
 
     def finish_child(self, run, kind: str, value: float, result: dict, seconds: float | None) -> None:
@@ -227,7 +228,7 @@ def setting_metrics(result: dict) -> dict:
         out["sigma_relative"] = result["sigma_relative_per_layer"]
     if result["finetuned"] is not None:
         out["finetuned"] = result["finetuned"]
-        out["finetune_train_accuracy"] = result["finetune_train_accuracy"]
+        out["running_train_accuracy"] = result["finetune_train_accuracy"]  # the MLflow name (training.RUNNING)
     out["delta_snn"] = {k: v for k, v in result["delta_snn"].items() if v is not None}
     return out
 

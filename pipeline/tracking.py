@@ -52,15 +52,24 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     return None
 
 
-def run_params(stage_params: dict, section: str) -> dict:
+#: Section keys that are the shared hyperparameter under another name: a sweep setting fine-tunes for
+#: ``finetune_epochs`` at ``finetune_lr``, logged as ``epochs`` and ``lr`` like the finetune run's.
+ALIASES = {"sweep": {"finetune_lr": "lr", "finetune_epochs": "epochs"}}
+
+
+def run_params(stage_params: dict, section: str, override: dict | None = None) -> dict:
     """The params to log on a stage's run: the experiment-level keys and the stage section's own keys
     without the section prefix (``lr``, not ``pretrain.lr``), so that runs of different stages share
-    names; a section key that clashes with an experiment-level one keeps its prefix."""
+    names; a section key that clashes with an experiment-level one keeps its prefix. Keys of
+    :data:`ALIASES` take the shared name; ``override`` (unprefixed) replaces values last, e.g. a trial's
+    own ``lr``."""
     own = stage_params.get(section)
     if not isinstance(own, dict):
-        return dict(stage_params)
+        return dict(stage_params) | (override or {})
     shared = {k: v for k, v in stage_params.items() if k != section}
-    return shared | {(f"{section}.{k}" if k in shared else k): v for k, v in own.items()}
+    aliases = ALIASES.get(section, {})
+    named = {aliases.get(k, k): v for k, v in own.items()}
+    return shared | {(f"{section}.{k}" if k in shared else k): v for k, v in named.items()} | (override or {})
 
 
 def registered_model_name(experiment: str) -> str:

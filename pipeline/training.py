@@ -134,5 +134,11 @@ def check_learning(row: dict, p: PretrainParams | FinetuneParams, classes: int, 
             "and the data (the previous outputs and checkpoint are kept)")
 
 
+#: MLflow names of the per-epoch training numbers: the running mean over the epoch's batches while the
+#: weights change, not the trained network on the training split (``final.train_accuracy``, the report's
+#: "train accuracy"); one name, one meaning.
+RUNNING = {"train_loss": "running_train_loss", "train_accuracy": "running_train_accuracy"}
+
+
 def _metrics(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k != "epoch"}
+    return {(RUNNING[k] if k in RUNNING else k): v for k, v in row.items() if k != "epoch"}

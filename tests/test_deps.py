@@ -82,16 +82,37 @@ def test_closure_follows_every_import_form(tmp_path):
     assert deps.code_hash("foo", tmp_path) != before
 
 
-def test_dvc_yaml_code_deps_cover_every_stage_closure():
-    """(a) Every stage lists exactly its import closure; fails naming the missing files."""
+def test_dvc_yaml_code_deps_are_one_stamp_per_stage_written_by_the_code_stage(tmp_path):
+    """(a) Every stage depends on its stamp code/<stage>.sha256, which the `code` stage writes from the
+    stage's closure; `code` depends on the code directories and outputs every stamp."""
     declared = deps._declared(ROOT / "dvc.yaml")
-    assert set(declared) == {"prepare", "pretrain", "convert", "finetune", "evaluate", "sweep", "tune", "dynamics",
-                             "summary", "tune_summary", "report"}
-    missing = {stage: sorted(set(deps.closure(stage)) - set(entries)) for stage, entries in declared.items()}
-    listed = "\n".join(f"{stage}: {', '.join(m)}" for stage, m in missing.items() if m)
-    assert not listed, f"dvc.yaml misses code deps (run `python -m pipeline.deps --write`):\n{listed}"
+    assert set(declared) == {"code", "prepare", "pretrain", "convert", "finetune", "evaluate", "sweep", "tune",
+                             "dynamics", "summary", "tune_summary", "report"}
+    for stage, entries in declared.items():
+        code = [d for d in entries if deps.is_code(d)]
+        assert code == (["ttfs", "pipeline", "stages"] if stage == "code" else [f"code/{stage}.sha256"]), stage
     out = subprocess.run([sys.executable, "-m", "pipeline.deps", "--check"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    # a stamp is the closure, a hash per file: it changes with a file of the closure and with nothing else
+    code = copy_repo(tmp_path / "code", ("pipeline", "stages", "ttfs"))
+    (path,) = deps.write_stamps(["convert"], code)
+    listed = [line.split("  ", 1)[1] for line in path.read_text().splitlines()[2:]]
+    assert listed == deps.closure("convert", code) and "ttfs/metrics.py" in listed
+    before = path.read_text()
+    (code / "stages/report.py").write_text((code / "stages/report.py").read_text() + "# not convert's\n")
+    assert deps.write_stamps(["convert"], code)[0].read_text() == before
+    (code / "ttfs/metrics.py").write_text((code / "ttfs/metrics.py").read_text() + "# convert's\n")
+    after = deps.write_stamps(["convert"], code)[0].read_text()
+    diff = [b for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
+    assert len(diff) == 2 and diff[0].startswith("code_hash ") and diff[1].endswith("  ttfs/metrics.py")
+    # what dvc.yaml lists wrongly is named
+    bad = tmp_path / "dvc.yaml"
+    bad.write_text("stages:\n  code:\n    cmd: x\n    deps: [ttfs, pipeline, stages]\n    outs: [code/report.sha256]\n"
+                   "  report:\n    cmd: y\n    deps: [stages/report.py]\n  convert:\n    cmd: z\n"
+                   "    deps: [code/convert.sha256]\n")
+    assert deps.problems(bad) == ["report: missing code/report.sha256",
+                                  "report: not a code dep of this layout (stale) stages/report.py",
+                                  "code: outs miss code/convert.sha256"]
 
 
 def test_write_keeps_data_deps_comments_and_layout():
@@ -100,8 +121,7 @@ def test_write_keeps_data_deps_comments_and_layout():
             "      - metrics   # ordering\n    outs:\n      - reports/report.md\n")
     out = deps.rewrite(text)
     lines = out.splitlines()
-    want = [f"      - {f}" for f in deps.closure("report")]
-    want += ["      # directories below", "      - metrics   # ordering"]
+    want = ["      - code/report.sha256", "      # directories below", "      - metrics   # ordering"]
     assert lines[4: 4 + len(want)] == want
     assert lines[:4] == text.splitlines()[:4] and lines[-2:] == ["    outs:", "      - reports/report.md"]
     assert deps.rewrite(out) == out
@@ -112,8 +132,9 @@ def test_write_keeps_data_deps_comments_and_layout():
 
 @needs_dvc
 def test_editing_a_library_file_makes_dvc_rerun_every_stage_that_imports_it(tmp_path):
-    """(b) The real judge: after a toy `dvc repro`, appending a comment to ttfs/metrics.py makes
-    `dvc status` report convert, and every other reproduced stage whose closure holds the file, changed."""
+    """(b) The real judge: after a toy `dvc repro`, appending a comment to ttfs/metrics.py makes the
+    `code` stage rerun, and then `dvc status` reports convert, and every other reproduced stage whose
+    closure holds the file, changed (through its stamp)."""
     repo = Repo(copy_repo(tmp_path / "repo"), tmp_path / "tracking" / "mlflow.db")
     repo.set_params(_toy_params())
     for cmd in (("git", "init", "-q"), ("dvc", "init", "-q"), ("git", "add", "-A"), ("git", "commit", "-qm", "toy")):
@@ -122,13 +143,17 @@ def test_editing_a_library_file_makes_dvc_rerun_every_stage_that_imports_it(tmp_
     repo.run("dvc", "repro", target, timeout=600)
     ran = {"prepare@synthetic", "pretrain@tiny_fc2", target}
     assert not set(json.loads(repo.run("dvc", "status", "--json", *ran).stdout))
+    assert not set(json.loads(repo.run("dvc", "status", "--json", "code").stdout))  # __pycache__ is ignored
     with open(repo.path / "ttfs/metrics.py", "a") as f:
         f.write("# an edit that changes nothing but the file\n")
+    status = json.loads(repo.run("dvc", "status", "--json", "code").stdout)
+    assert {"changed deps": {"ttfs": "modified"}} in status["code"]  # the stamps are written anew...
+    repo.run("dvc", "repro", "code")
     status = json.loads(repo.run("dvc", "status", "--json", *ran).stdout)
-    expected = {s for s in ran if "ttfs/metrics.py" in deps.closure(_stage(s))}
+    expected = {s for s in ran if "ttfs/metrics.py" in deps.closure(_stage(s))}  # ...and change with the closure
     assert target in expected
     assert set(status) == expected, f"dvc status reports {sorted(status)}; the closures say {sorted(expected)}"
-    assert {"changed deps": {"ttfs/metrics.py": "modified"}} in status[target]
+    assert {"changed deps": {"code/convert.sha256": "modified"}} in status[target]
 
 
 # -- checkpoints and study keys ----------------------------------------------------------------------

@@ -6,6 +6,8 @@ order (no-op rerun, kill -9 and resume, bad params, divergence, missing data), r
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -22,7 +24,7 @@ from test_browser import CHROMIUM, check_rendered
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-COPIED = ("pipeline", "stages", "ttfs", "dvc.yaml", ".gitignore")
+COPIED = ("pipeline", "stages", "ttfs", "dvc.yaml", ".gitignore", ".dvcignore")
 CORE_STAGES = ("pretrain", "convert", "finetune", "evaluate")  # one MLflow run each
 STAGES = (*CORE_STAGES, "sweep")  # a sweep run has a nested run per setting (tests/test_sweeps.py)
 
@@ -116,6 +118,7 @@ def repo(tmp_path_factory) -> Repo:
     r.set_params(TINY)
     r.run("git", "init", "-q")
     r.run("dvc", "init", "-q")
+    shutil.copy2(ROOT / ".dvc" / "config", path / ".dvc" / "config")  # the project's: offline plots template
     r.run("git", "add", "-A")
     r.run("git", "commit", "-qm", "pipeline")
     start = time.monotonic()
@@ -225,7 +228,7 @@ def _width(out: subprocess.CompletedProcess) -> int:
 
 
 #: `dvc exp show` columns that are stage deps (file hashes), not params or metrics (README "Looking at results").
-DROP_DEPS = "^(metrics|plots|data|models|pipeline|stages|ttfs)(/[^:]*)?$"
+DROP_DEPS = "^(metrics|plots|data|models|code|pipeline|stages|ttfs)(/[^:]*)?$"
 
 
 def test_dvc_metrics_plots_and_exp_show(repo):
@@ -249,11 +252,32 @@ def test_dvc_metrics_plots_and_exp_show(repo):
     assert "metrics/tiny_fc2/convert.json" not in workspace["data"]["metrics"]
 
 
+def test_plain_exp_show_has_one_code_column_per_stage_and_fits_200_columns(repo):
+    """Plain `dvc exp show` lists every param of params.yaml and every dep of every stage: a stage's code
+    is one dep, its stamp code/<stage>.sha256 (pipeline/deps.py), not one per source file (58 columns of
+    file hashes). This toy repository: 130 columns, 4,472 characters; before reproducing it, with one dep
+    per source file 149 columns and 4,316 characters, with the stamps 105 and 3,201. The reproduced default
+    profile went from 204 to 160 columns, 7,214 to 5,418 characters (README "Looking at results"); the
+    params, one column per leaf of params.yaml, are most of the rest."""
+    header = next(csv.reader(io.StringIO(repo.run("dvc", "exp", "show", "--csv").stdout)))
+    stages = yaml.safe_load((repo.path / "dvc.yaml").read_text())["stages"]
+    code = [h for h in header if h.split("/")[0] in ("code", "pipeline", "stages", "ttfs")]
+    assert sorted(code) == sorted(["pipeline", "stages", "ttfs", *(f"code/{s}.sha256" for s in stages if s != "code")])
+    assert len(header) <= 200, len(header)
+    env = {**repo.env, "COLUMNS": "100000"}
+    show = subprocess.run(["dvc", "exp", "show", "--no-pager"], cwd=repo.path, env=env, capture_output=True,
+                          text=True, timeout=120, check=True)
+    print(f"plain dvc exp show: {len(header)} columns, {_width(show)} characters wide")
+    assert _width(show) <= 5000  # measured 4,472; the params (every leaf of params.yaml) are most of it
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium)")
 def test_report_and_offline_plots_render_in_a_browser(repo):
     check_rendered(repo.path / "reports/report.html", min_images=10)
-    repo.run("dvc", "plots", "show", "--html-template", "pipeline/vega/offline.html")
-    check_rendered(repo.path / "dvc_plots/index.html", min_images=0, min_canvases=len(TINY["experiments"]) * 8)
+    for args in ((), ("--html-template", "pipeline/vega/offline.html")):  # plain: .dvc/config names the template
+        shutil.rmtree(repo.path / "dvc_plots", ignore_errors=True)
+        repo.run("dvc", "plots", "show", *args)
+        check_rendered(repo.path / "dvc_plots/index.html", min_images=0, min_canvases=len(TINY["experiments"]) * 8)
 
 
 def test_second_repro_runs_nothing(repo):

@@ -140,14 +140,16 @@ def test_paper_table_puts_our_numbers_beside_the_papers(tree):
     assert l1[col["ReLU paper"]] == "93.59 (converted)" and l1[col["ReLU ours"]] == "93.60 ± 0.01 (n = 2)"
     assert l1[col["spikes/neuron paper"]] == "0.20" and l1[col["spikes/neuron ours"]] == "0.200 ± 0.014 (n = 2)"
     assert l1[col["experiments"]] == "`c10_l1_s0`, `c10_l1_s1`"
-    # paper experiments that are not in params.yaml are listed, ours "not run"
-    (plain,) = rows(md, "CIFAR10", "VGG16", "no")
-    assert plain[col["SNN paper"]] == "93.69 ± 0.02" and plain[col["spikes/neuron paper"]] == "0.38"
-    assert plain[col["SNN ours"]] == "not run" and plain[col["experiments"]] == "none in params.yaml"
+    # paper results no experiment of this profile reproduces: no rows, one line naming them all
     for dataset, model in (("MNIST", "FC2"), ("MNIST", "FC16"), ("MNIST", "VGG16"), ("fMNIST", "LeNet5"),
-                           ("CIFAR100", "VGG16"), ("PLACES365", "VGG16")):
-        assert all(r[col["SNN ours"]] == "not run" for r in rows(md, dataset, model)), (dataset, model)
-    assert rows(md, "PLACES365", "VGG16", "yes")[0][col["SNN paper"]] == "48.88 ± 0.06"
+                           ("CIFAR10", "VGG16"), ("CIFAR100", "VGG16"), ("PLACES365", "VGG16")):
+        assert all(r[col["SNN ours"]] != "not run" for r in rows(md, dataset, model)), (dataset, model)
+    assert not rows(md, "CIFAR10", "VGG16", "no") and not rows(md, "PLACES365", "VGG16")
+    (line,) = [x for x in md.splitlines() if x.startswith("Paper results no experiment")]
+    assert line == ("Paper results no experiment of this profile (`default`) reproduces: MNIST FC2, MNIST FC16, "
+                    "MNIST VGG16, fMNIST LeNet5, CIFAR10 VGG16, CIFAR100 VGG16, CIFAR100 VGG16 + L1, "
+                    "PLACES365 VGG16, PLACES365 VGG16 + L1. "
+                    "The paper profile defines every row: `./tasks.sh profile paper` (`params.paper.yaml`).")
     assert "fMNIST 93.14" in md  # the best published single-spike results
 
 
@@ -275,7 +277,7 @@ def test_the_stage_exits_non_zero_on_a_malformed_result_and_writes_nothing(tree,
 def test_nothing_at_all_still_gives_a_report(tmp_path):
     md, html = build(P.parse({}), tmp_path)
     assert "> No experiments in params.yaml." in md
-    assert rows(md, "MNIST", "FC2", "no")[0][4] == "not run"
+    assert not rows(md, "MNIST", "FC2") and "reproduces: MNIST FC2, MNIST FC16," in md  # one line, no table
     assert html.startswith("<!DOCTYPE html>")
 
 
@@ -351,8 +353,10 @@ def test_same_inputs_give_the_same_bytes(tree):
 # -- MLflow -------------------------------------------------------------------------------------------
 
 
-def test_run_ids_come_from_the_tracking_store_by_the_params_hash_of_each_result(tree, empty_store):
+def test_run_ids_come_from_the_tracking_store_by_the_params_hash_of_each_result(tree, empty_store, monkeypatch):
     from mlflow import MlflowClient
+
+    monkeypatch.delenv(report.runs.ENV_UI, raising=False)
 
     uri = store(empty_store, tree)
     client = MlflowClient(uri)
@@ -377,22 +381,35 @@ def test_run_ids_come_from_the_tracking_store_by_the_params_hash_of_each_result(
     crashed = run("convert", HASHES["convert"], status="FAILED")
     dyn = run("dynamics", HASHES["dynamics"], experiment=client.create_experiment("dynamics"), dvc_stage="dynamics")
 
+    dyn_exp = client.get_experiment_by_name("dynamics").experiment_id
+
+    def link(run_id: str, experiment: str = exp_id, ui: str = "http://127.0.0.1:5000") -> str:
+        """A run id as the report writes it: a link to the run's page in the MLflow UI."""
+        return f"[`{run_id}`]({ui}/#/experiments/{experiment}/runs/{run_id})"
+
     md, page = build(params(), tree, tracking_uri=uri)
     assert older != wanted
-    assert rows(md, "`fmnist_fc2`", "evaluate") == [["`fmnist_fc2`", "evaluate", f"`{wanted}`"]]
-    assert f"MLflow run (evaluate): `{wanted}`" in md and wanted in page
+    assert rows(md, "`fmnist_fc2`", "evaluate") == [["`fmnist_fc2`", "evaluate", link(wanted)]]
+    assert f"MLflow run (evaluate): {link(wanted)}" in md
+    assert f'<a href="http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{wanted}"><code>{wanted}</code></a>' in page
     assert rows(md, "`fmnist_fc2`", "pretrain")[0][2] == "n/a"
-    assert rows(md, "`fmnist_fc2`", "sweep")[0][2] == f"`{sweep}`"
-    assert rows(md, "`fmnist_fc2`", "tune")[0][2] == f"`{study}`"
-    assert rows(md, "`fmnist_fc2`", "convert")[0][2] == f"`{crashed}` (latest run, FAILED)"
+    assert rows(md, "`fmnist_fc2`", "sweep")[0][2] == link(sweep)
+    assert rows(md, "`fmnist_fc2`", "tune")[0][2] == link(study)
+    assert rows(md, "`fmnist_fc2`", "convert")[0][2] == f"{link(crashed)} (latest run, FAILED)"
     assert rows(md, "`fmnist_fc2`", "finetune")[0][2] == "n/a"
-    assert rows(md, "dynamics", "dynamics")[0][2] == f"`{dyn}`"
+    assert rows(md, "dynamics", "dynamics")[0][2] == link(dyn, dyn_exp)
     assert rows(md, "`c10_l1_s0`", "evaluate")[0][2] == "n/a"  # no MLflow experiment of that name
+    # another UI: $TTFS_MLFLOW_UI; a tracking server is its own UI
+    monkeypatch.setenv(report.runs.ENV_UI, "http://mlflow.lab:8080/")
+    assert link(wanted, ui="http://mlflow.lab:8080") in build(params(), tree, tracking_uri=uri)[0]
+    monkeypatch.delenv(report.runs.ENV_UI)
+    assert report.runs.ui_base("https://tracking.example/") == "https://tracking.example"
+    assert report.runs.ui_base(uri) == report.runs.DEFAULT_UI
     # everything but the run ids is what the report says without a tracking store
     blank, _ = build(params(), tree)
-    for run_id in (wanted, sweep, study, dyn):
-        md = md.replace(f"`{run_id}`", "n/a")
-    md = md.replace(f"`{crashed}` (latest run, FAILED)", "n/a")
+    md = md.replace(f"{link(crashed)} (latest run, FAILED)", "n/a").replace(link(dyn, dyn_exp), "n/a")
+    for run_id in (wanted, sweep, study):
+        md = md.replace(link(run_id), "n/a")
     assert [line for line in md.splitlines() if line and "Run ids: n/a" not in line] == \
            [line for line in blank.splitlines() if line and "Run ids: n/a" not in line]
 
@@ -456,7 +473,17 @@ def test_report_of_a_real_tiny_pipeline_names_the_runs_that_produced_it(tiny_par
     assert row[9] == f"{ev.spikes_per_neuron:.3f}" and row[8] == "exact"
     for stage in ("pretrain", "convert", "finetune", "evaluate"):
         (run,) = client.search_runs([exp_id], f"tags.dvc_stage = '{stage}@tiny_fc2'")
-        assert rows(md, "`tiny_fc2`", stage)[0][2] == f"`{run.info.run_id}`"  # matched by params hash, no note
+        # matched by params hash, no note; a link to the run's page in the MLflow UI
+        assert rows(md, "`tiny_fc2`", stage)[0][2] == \
+            f"[`{run.info.run_id}`](http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{run.info.run_id})"
+    # one meaning per name: the report's train accuracy is MLflow's final.train_accuracy (the trained network
+    # on the training split); the per-epoch running mean is running_train_accuracy, and no train_accuracy
+    (reference,) = client.search_runs([exp_id], "tags.dvc_stage = 'pretrain@tiny_fc2'")
+    pre = R.PretrainResult.read("metrics/tiny_fc2/pretrain.json")
+    assert reference.data.metrics["final.train_accuracy"] == pytest.approx(pre.train_accuracy)
+    assert rows(md, "ReLU pretraining")[0][2] == f"{100 * pre.train_accuracy:.2f}"
+    assert "running_train_accuracy" in reference.data.metrics and "train_accuracy" not in reference.data.metrics
+    assert "Train accuracy: the trained network on the whole training split (MLflow: `final.train_accuracy`)" in md
     assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 5
     before = (md, page)
     assert report_stage.main([]) == 0  # an identical rerun writes identical bytes: dvc.lock stays put

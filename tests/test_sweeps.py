@@ -334,6 +334,9 @@ def test_stage_writes_outputs_and_nested_mlflow_runs_linked_to_the_reference(tin
         assert child.data.tags["reference_run_id"] == ref_id
         assert child.info.status == "FINISHED"
         assert child.data.params["constraint.kind"] == child.data.tags["constraint"]
+        params = child.data.params  # shared hyperparameters unprefixed, as on the finetune run
+        assert params["epochs"] == str(grid["finetune_epochs"]) and float(params["lr"]) == grid["finetune_lr"]
+        assert params["seed"] and params["batch_size"] and not any(k.startswith("sweep.") for k in params)
         assert {"before.accuracy", "finetuned.accuracy", "latency", "delta.test_accuracy"} <= set(child.data.metrics)
 
     raw["experiments"]["toy"]["sweep"] = {**grid, "time_steps": [16, 1]}

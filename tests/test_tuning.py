@@ -213,6 +213,11 @@ def check_study_and_runs(study: optuna.Study, uri: str, target: str) -> None:
         assert t.user_attrs[objective.RUN_ID] == run.info.run_id
         assert run.data.metrics["val_accuracy"] == pytest.approx(t.values[0])
         assert run.data.metrics["val_spikes_per_neuron"] == pytest.approx(t.values[1])
+        # shared hyperparameters unprefixed, with the values the trial trained with (compare view)
+        assert float(run.data.params["lr"]) == pytest.approx(t.user_attrs["lr"])
+        assert float(run.data.params["l1"]) == pytest.approx(t.user_attrs["l1"])
+        assert {"seed", "epochs", "batch_size", "model.name"} <= set(run.data.params)
+        assert not any(k.startswith("finetune.") for k in run.data.params), sorted(run.data.params)
 
 
 def check_export(workspace: Path, study: optuna.Study, budget: int = BUDGET) -> dict:

@@ -38,7 +38,8 @@ def build_report(params: P.Params, root: str | Path, *, out_dir: str | Path = "r
 
     ``out_dir`` (relative to ``root``) is where the files will go: figure paths and links are relative
     to it. ``tracking_uri``: the MLflow store (default: $MLFLOW_TRACKING_URI, else <root>/mlflow.db);
-    ``lookup_runs=False`` looks nothing up (every run id reads n/a).
+    ``lookup_runs=False`` looks nothing up (every run id reads n/a). Run ids link to their page in the
+    MLflow UI at :func:`runs.ui_base` ($TTFS_MLFLOW_UI, a tracking server's URL, else http://127.0.0.1:5000).
     """
     root = Path(root)
     out_abs = Path(out_dir) if Path(out_dir).is_absolute() else root / out_dir
@@ -46,7 +47,8 @@ def build_report(params: P.Params, root: str | Path, *, out_dir: str | Path = "r
     uri = (tracking_uri or runs.default_tracking_uri(root)) if lookup_runs else None
     run_refs, problem = runs.find_runs(uri, builder.run_keys(found), root)
     env = render.environment(builder.LABELS)
-    md = render.markdown(env, builder.context(found, run_refs, problem, root, link_prefix(root, out_dir)))
+    ui = runs.ui_base(uri) if uri is not None else None
+    md = render.markdown(env, builder.context(found, run_refs, problem, root, link_prefix(root, out_dir), ui))
     return md, render.html(env, md, out_abs, max_inline_bytes)
 
 

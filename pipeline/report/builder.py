@@ -7,6 +7,7 @@ which command produces them, which figures exist, and which MLflow run each stag
 
 from __future__ import annotations
 
+import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,10 +201,11 @@ def absent_notes(e: ExperimentInputs) -> dict[str, str]:
     return notes
 
 
-def experiment_view(e: ExperimentInputs, runs: dict[str, RunRef], root: Path, prefix: str) -> ExperimentView:
+def experiment_view(e: ExperimentInputs, runs: dict[str, RunRef], root: Path, prefix: str,
+                    ui: str | None = None) -> ExperimentView:
     html = Path("plots") / e.name / "pareto.html"
     return ExperimentView(
-        e=e, describe=describe(e), runs={s: runs[s].text() for s in STAGES}, absent=absent_notes(e),
+        e=e, describe=describe(e), runs={s: runs[s].text(ui) for s in STAGES}, absent=absent_notes(e),
         verdict=verdict(e.convert, e.params.convert.rel_tolerance) if e.convert else None,
         working=e.convert.in_dtype(e.params.dtype) if e.convert and e.params.dtype != "float64" else None,
         front=[t for t in e.pareto.front if not t.baseline] if e.pareto else [],
@@ -236,23 +238,32 @@ def paper_row(dataset: str, model: str, l1: bool, relu: paper.Value | None, snn:
             _names([e.name for e in exps], len(exps) - len(done))]
 
 
-def paper_rows(experiments: tuple[ExperimentInputs, ...]) -> list[list[str]]:
-    """Every row of SPEC 9 (with an L1 row where ours has one), then our rows the paper does not have."""
+def paper_label(dataset: str, model: str, l1: bool) -> str:
+    """A paper row in words: 'CIFAR10 VGG16 + L1'."""
+    return f"{paper.dataset_label(dataset)} {paper.model_label(model)}" + (" + L1" if l1 else "")
+
+
+def paper_rows(experiments: tuple[ExperimentInputs, ...]) -> tuple[list[list[str]], list[str]]:
+    """(rows, not in this profile): a row for every SPEC 9 result (with an L1 row where ours has one) that
+    this profile's params define an experiment for, then our rows the paper does not have; the SPEC 9
+    results no experiment of this profile reproduces, as labels for the one line below the table."""
     groups: dict[tuple[str, str, bool], list[ExperimentInputs]] = {}
     for e in experiments:
         groups.setdefault((e.params.dataset, paper.family(e.params.model.name), e.l1), []).append(e)
-    rows, seen = [], set()
+    rows, seen, absent = [], set(), []
     for p in paper.PAPER:
         for l1 in (False, True):
             key = (p.dataset, p.model, l1)
             if l1 and p.snn_l1 is None and key not in groups:
                 continue
             seen.add(key)
+            if key not in groups:
+                absent.append(paper_label(*key))
+                continue
             snn = p.snn_l1 if l1 else p.snn
-            rows.append(paper_row(*key, p.relu if snn else None, snn, p.spikes_l1 if l1 else p.spikes,
-                                  groups.setdefault(key, [])))
+            rows.append(paper_row(*key, p.relu if snn else None, snn, p.spikes_l1 if l1 else p.spikes, groups[key]))
     rows += [paper_row(*key, None, None, None, exps) for key, exps in groups.items() if key not in seen]
-    return rows
+    return rows, absent
 
 
 # -- the learning dynamics -------------------------------------------------------------------------------
@@ -476,12 +487,12 @@ def run_of(runs: dict[tuple[str, str], RunRef], experiment: str, stage: str) -> 
     return runs[(experiment, stage)] if (experiment, stage) in runs else NO_RUN
 
 
-def mlflow_rows(inputs: Inputs, runs: dict[tuple[str, str], RunRef]) -> list[list[str]]:
+def mlflow_rows(inputs: Inputs, runs: dict[tuple[str, str], RunRef], ui: str | None = None) -> list[list[str]]:
     """Every stage of every experiment with results (tune where asked for or run), and the dynamics study."""
-    rows = [[code(e.name), s, run_of(runs, e.name, s).text()]
+    rows = [[code(e.name), s, run_of(runs, e.name, s).text(ui)]
             for e in inputs.experiments if e.has_results for s in STAGES if s != "tune" or e.tuned or e.pareto]
     if inputs.dynamics is not None or inputs.params.dynamics is not None:
-        rows.append(["dynamics", "dynamics", run_of(runs, "dynamics", "dynamics").text()])
+        rows.append(["dynamics", "dynamics", run_of(runs, "dynamics", "dynamics").text(ui)])
     return rows
 
 
@@ -489,18 +500,20 @@ def mlflow_rows(inputs: Inputs, runs: dict[tuple[str, str], RunRef]) -> list[lis
 
 
 def context(inputs: Inputs, runs: dict[tuple[str, str], RunRef], runs_problem: str | None, root: Path,
-            prefix: str) -> dict:
-    """Everything templates/report.md.j2 shows."""
-    views = [experiment_view(e, {s: run_of(runs, e.name, s) for s in STAGES}, root, prefix)
+            prefix: str, ui: str | None = None, profile: str | None = None) -> dict:
+    """Everything templates/report.md.j2 shows; run ids link to the MLflow UI at ``ui`` (None: plain ids)."""
+    views = [experiment_view(e, {s: run_of(runs, e.name, s) for s in STAGES}, root, prefix, ui)
              for e in inputs.experiments]
+    table_rows, absent = paper_rows(inputs.experiments)
     dyn_plots = [(Path("plots") / "dynamics" / p, p.removesuffix(".png").replace("_", " ")) for p in DYNAMICS_PLOTS]
     return {
-        "params": inputs.params, "experiments": views, "paper_rows": paper_rows(inputs.experiments),
+        "params": inputs.params, "experiments": views, "paper_rows": table_rows, "paper_absent": absent,
+        "profile": profile or os.getenv("TTFS_PROFILE") or "default",
         "best_single_spike": ", ".join(f"{paper.dataset_label(d)} {v:.2f}" for d, v in paper.BEST_SINGLE_SPIKE.items()),
         "dynamics": inputs.dynamics, "dynamics_figures": figures(root, prefix, dyn_plots, "dynamics", None),
         "dynamics_view": dynamics_view(inputs.dynamics) if inputs.dynamics is not None else None,
         "dynamics_absent": not_run(Path("metrics") / "dynamics.json", "dynamics", None),
-        "dynamics_run": run_of(runs, "dynamics", "dynamics").text(),
-        "mlflow_rows": mlflow_rows(inputs, runs), "runs_problem": runs_problem,
+        "dynamics_run": run_of(runs, "dynamics", "dynamics").text(ui),
+        "mlflow_rows": mlflow_rows(inputs, runs, ui), "runs_problem": runs_problem, "mlflow_ui": ui,
         "produce": produce, "dataset_label": paper.dataset_label, "model_label": paper.model_label,
     }

@@ -2,8 +2,9 @@
 
 Every stage tags its run with ``dvc_stage`` (``<stage>@<experiment>``) and ``params_hash``, and writes
 the same hash into its result file; the report looks the run up by both, in the MLflow experiment of
-the pipeline experiment, and only prints its id. Nothing is created in the tracking store: a missing
-sqlite file is not opened. An unreadable store degrades every id to n/a with the reason.
+the pipeline experiment, and prints its id as a link to the run's page in the MLflow UI (:func:`ui_base`).
+Nothing is created in the tracking store: a missing sqlite file is not opened. An unreadable store
+degrades every id to n/a with the reason.
 """
 
 from __future__ import annotations
@@ -24,13 +25,39 @@ class RunKey:
     params_hash: str
 
 
+#: Where ``mlflow ui`` / ``mlflow server`` listens unless told otherwise: the base of the report's run links.
+DEFAULT_UI = "http://127.0.0.1:5000"
+#: Environment variable with the base URL of the MLflow UI the report links to (see :func:`ui_base`).
+ENV_UI = "TTFS_MLFLOW_UI"
+
+
+def ui_base(tracking_uri: str | None) -> str:
+    """The MLflow UI the run links point at: $TTFS_MLFLOW_UI, else the tracking URI when it is a server
+    (http/https: the tracking server serves the UI), else ``mlflow ui``'s default address."""
+    explicit = os.getenv(ENV_UI)
+    if explicit:
+        return explicit.rstrip("/")
+    if tracking_uri and tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return DEFAULT_UI
+
+
 @dataclass(frozen=True)
 class RunRef:
     run_id: str | None
     note: str = ""
+    experiment_id: str | None = None
 
-    def text(self) -> str:
-        head = NA if not self.run_id else f"`{self.run_id}`"
+    def url(self, base: str) -> str | None:
+        """The run's page in the MLflow UI at ``base`` (None without a run)."""
+        if not self.run_id or self.experiment_id is None:
+            return None
+        return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+    def text(self, base: str | None = None) -> str:
+        """The run id (a Markdown link to its MLflow page when ``base`` is given), and the note."""
+        url = self.url(base) if base else None
+        head = NA if not self.run_id else (f"[`{self.run_id}`]({url})" if url else f"`{self.run_id}`")
         return head + (f" ({self.note})" if self.note else "")
 
 
@@ -67,8 +94,8 @@ def _lookup(client, experiment_ids: dict[str, str | None], key: RunKey) -> RunRe
     runs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     finished = [r for r in runs if r.info.status == "FINISHED"]
     if finished:
-        return RunRef(finished[0].info.run_id)
-    return RunRef(runs[0].info.run_id, f"latest run, {runs[0].info.status}") if runs else NO_RUN
+        return RunRef(finished[0].info.run_id, experiment_id=exp_id)
+    return RunRef(runs[0].info.run_id, f"latest run, {runs[0].info.status}", exp_id) if runs else NO_RUN
 
 
 def find_runs(uri: str | None, keys: dict[tuple[str, str], RunKey],

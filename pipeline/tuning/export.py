@@ -99,11 +99,19 @@ def target_check(front: list[dict], records: list[dict], tp: TuneParams) -> dict
     return out
 
 
-def plot_png(path: Path, summary: dict, title: str) -> None:
+#: At most this many front trials are labelled (evenly chosen); beyond it labels would be under 7 pt apart.
+MAX_LABELS = 24
+
+
+def pareto_figure(summary: dict, title: str):
+    """The Pareto figure (matplotlib Figure, open): trials, the front, the baseline and the targets. Each
+    front trial is labelled with its L1 strength in a column right of the axes, most accurate at the top,
+    evenly spaced and joined to its point by a thin line, so that labels never overlap however close
+    the points are."""
     from .. import plots
 
     plt = plots.plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     trials = summary["all_trials"]
     front = summary["front"]
     if trials:
@@ -114,10 +122,18 @@ def plot_png(path: Path, summary: dict, title: str) -> None:
         ys = [100 * r["val_accuracy"] for r in front]
         ax.step(xs, ys, where="post", color="tab:red", alpha=0.6, zorder=3)
         ax.scatter(xs, ys, s=30, color="tab:red", label="Pareto front", zorder=4)
-        for r in front:
-            if not r["baseline"]:
-                ax.annotate(f"{r['l1']:.1e}", (r["val_spikes_per_neuron"], 100 * r["val_accuracy"]),
-                            textcoords="offset points", xytext=(4, -10), fontsize=7, color="tab:red")
+        labelled = sorted((r for r in front if not r["baseline"]),
+                          key=lambda r: (-r["val_accuracy"], r["val_spikes_per_neuron"]))
+        if len(labelled) > MAX_LABELS:
+            step = len(labelled) / MAX_LABELS
+            labelled = [labelled[int(i * step)] for i in range(MAX_LABELS)]
+        for i, r in enumerate(labelled):
+            y = 0.5 if len(labelled) == 1 else 0.97 - i * 0.94 / (len(labelled) - 1)
+            ax.annotate(f"L1 {r['l1']:.1e}", (r["val_spikes_per_neuron"], 100 * r["val_accuracy"]),
+                        xytext=(1.02, y), textcoords="axes fraction", fontsize=7, color="tab:red", va="center",
+                        annotation_clip=False,
+                        arrowprops={"arrowstyle": "-", "color": "tab:red", "lw": 0.4, "alpha": 0.5,
+                                    "shrinkA": 0, "shrinkB": 3})
     if summary["baseline"]:
         b = summary["baseline"]
         ax.scatter([b["val_spikes_per_neuron"]], [100 * b["val_accuracy"]], marker="*", s=160, color="black",
@@ -129,10 +145,16 @@ def plot_png(path: Path, summary: dict, title: str) -> None:
     ax.axvline(target["spikes_per_neuron"], color="tab:green", linestyle=":", linewidth=1,
                label=f"{target['spikes_per_neuron']:g} spikes/neuron")
     ax.set(xlabel="spikes per neuron (validation)", ylabel="accuracy % (validation)", title=title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="lower left")  # the leader lines run to the right
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    plots.save_png(fig, path)
+    fig.subplots_adjust(left=0.08, right=0.82, bottom=0.11, top=0.92)  # the label column right of the axes
+    return fig
+
+
+def plot_png(path: Path, summary: dict, title: str) -> None:
+    from .. import plots
+
+    plots.save_png(pareto_figure(summary, title), path)
 
 
 def plot_html(path: Path, study: optuna.Study, title: str) -> None:

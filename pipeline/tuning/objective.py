@@ -29,6 +29,7 @@ from ..artifacts import load_snn
 from ..params import ParamsError, TuneParams
 from ..runner import Experiment, Reference, link_reference
 from ..tracking import StageRun, Tracker
+from ..tracking import run_params as tracked_params
 from ..training import optimizer_for
 from .space import suggest
 
@@ -157,7 +158,10 @@ def run_trial(ctx: Context, trial: optuna.Trial) -> TrialState:
         "mlflow.parentRunId": ctx.parent_id, "mlflow.runName": f"trial-{trial.number:04d}",
         "optuna_study": ctx.study.study_name, "optuna_trial": str(trial.number), "optuna_state": "RUNNING",
         "baseline": str(baseline).lower()}
-    run_params = ctx.stage_params | {"samples": ctx.runner.sizes(),
+    # the finetune section unprefixed, with the values this trial trains with (lr, l1, epochs, batch size),
+    # so that a trial lines up with the finetune and reference runs in MLflow's compare view
+    trained = {"lr": lr, "l1": l1, "epochs": ctx.tp.epochs, "batch_size": ctx.tp.batch_size or ctx.exp.params.finetune.batch_size}
+    run_params = tracked_params(ctx.stage_params, "finetune", trained) | {"samples": ctx.runner.sizes(),
                                      "trial": {"number": trial.number, "l1": l1, "lr": lr, "baseline": baseline,
                                                **{f"param.{k}": v for k, v in trial.params.items()}}}
     mlrun = mlflow_run(ctx.tracker, f"tune@{ctx.exp.name}", run_params, tags)
@@ -166,7 +170,7 @@ def run_trial(ctx: Context, trial: optuna.Trial) -> TrialState:
     values, attrs, error = None, {}, None
     try:
         result = ctx.runner.run(l1, lr, lambda epoch, stats: mlrun.log_metrics(
-            {f"train_{k}": v for k, v in stats.items()}, step=epoch))
+            {f"running_train_{k}": v for k, v in stats.items()}, step=epoch))
         mlrun.log_metrics(result, step=ctx.tp.epochs)
         if ctx.reference is not None:
             link_reference(mlrun, ctx.reference, {"test_accuracy": result["test_accuracy"]})
