@@ -8,15 +8,20 @@ max-pool, with per-region biases where 'same' zero padding meets a folded shift)
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import (
     InputEncoder,
+    InputGroup,
+    MeanTimePool2d,
     MinTimePool2d,
     SpikingConv2d,
     SpikingLinear,
@@ -49,10 +54,26 @@ class _Neurons:
     padding: tuple[int, int] = (0, 0)
     region_index: Tensor | None = None
     relu: bool = False
+    groups: int = 1
+    inputs: list[_Group] = field(default_factory=list)  # delayed input groups (residual networks)
 
     @property
     def is_conv(self) -> bool:
         return self.weight.ndim == 4
+
+
+@dataclass
+class _Group:
+    """A delayed input group of a neuron layer (see :class:`ttfs.layers.InputGroup`), float64."""
+
+    source: int
+    route: list
+    kind: str  # dense, conv2d or scale
+    weight: Tensor
+    trainable: bool
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    groups: int = 1
 
 
 @dataclass
@@ -62,8 +83,25 @@ class _Pool:
     sign: Tensor  # (channels,) of +-1
 
 
+@dataclass
+class _AvgPool:
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+
+
 class _Flatten:
     pass
+
+
+def _is_chain(model: nn.Module) -> bool:
+    """Whether ``model`` is an nn.Sequential chain of SUPPORTED_LAYERS (folded by :func:`fold`, else traced)."""
+    if not isinstance(model, nn.Sequential):
+        return False
+    try:
+        list(leaves(model))
+    except UnsupportedLayerError:
+        return False
+    return True
 
 
 def leaves(model: nn.Module) -> Iterator[nn.Module]:
@@ -207,30 +245,388 @@ def fold(model: nn.Module, in_shape: tuple[int, ...], p: Tensor, q: Tensor, inpu
     return ops
 
 
+# -- any torch.fx-traceable network (residual networks included) -------------------------------------
+
+
+@dataclass(frozen=True)
+class _Term:
+    """One path into a value of the traced graph: the activation of layer ``source`` (0 = the input),
+    routed (max/average pooling, flatten), scaled per channel, and through at most one weight."""
+
+    source: int
+    route: tuple
+    shape: tuple[int, ...]  # after the route (and after the weight, if any)
+    scale: Tensor | None = None  # per channel (per feature of a flat shape), before the weight; None = 1
+    weight: Tensor | None = None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    groups: int = 1
+    node: str = ""  # the fx node of the weight
+
+    @property
+    def kind(self) -> str:
+        if self.weight is None:
+            return "scale"
+        return "conv2d" if self.weight.ndim == 4 else "dense"
+
+
+@dataclass(frozen=True)
+class _Value:
+    """An affine function of earlier layers' activations: sum of terms + a constant map (float64)."""
+
+    terms: tuple[_Term, ...]
+    const: Tensor
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.const.shape)
+
+
+_RELU = {F.relu, torch.relu, torch.relu_, "relu", "relu_"}
+_ADD = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__iadd__"}
+_MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+_FLATTEN = {torch.flatten, "flatten"}
+_PASS = {F.dropout, "contiguous", "clone"}
+
+
+_SUPPORTED_TEXT = ("supported are linear maps (Linear, Conv2d, BatchNorm1d/2d, AvgPool2d, AdaptiveAvgPool2d, "
+                   "Flatten, additions, multiplication by a number, Dropout, Identity), ReLU, and MaxPool2d on "
+                   "the output of a ReLU")
+
+
+def _node_text(node: fx.Node) -> str:
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    return f"node {node.name!r} ({node.op} {target})"
+
+
+def _refuse(node: fx.Node, why: str) -> UnsupportedLayerError:
+    return UnsupportedLayerError(f"cannot convert {_node_text(node)}: {why}")
+
+
+class _GraphFolder:
+    """Walks a traced graph and folds every linear map into neuron layers with delayed input groups."""
+
+    def __init__(self, model: nn.Module, in_shape: tuple[int, ...], p: Tensor, q: Tensor, input_delta: float):
+        try:
+            self.module = fx.symbolic_trace(model)
+        except Exception as e:  # tracing runs arbitrary user code: any error means "not traceable"
+            raise UnsupportedLayerError(
+                f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {e}); convert needs a "
+                "forward without data-dependent control flow"
+            ) from e
+        self.in_shape, self.p, self.q, self.input_delta = tuple(in_shape), p, q, input_delta
+        self.ops: list = []
+        self.n = 0  # neuron layers made so far
+
+    def fold(self) -> list:
+        env: dict[fx.Node, object] = {}
+        inputs = 0
+        for node in self.module.graph.nodes:
+            if node.op == "placeholder":
+                inputs += 1
+                if inputs > 1:
+                    raise _refuse(node, "a second input; convert takes networks with one input tensor")
+                scale = ((self.q - self.p) / self.input_delta).to(torch.float64)
+                const = self.p.to(torch.float64).reshape(-1, *(1,) * (len(self.in_shape) - 1)).expand(self.in_shape)
+                env[node] = _Value((_Term(0, (), self.in_shape, scale),), const.clone())
+            elif node.op == "output":
+                out = node.args[0]
+                value = env.get(out) if isinstance(out, fx.Node) else None
+                if not isinstance(value, _Value):
+                    raise _refuse(node, "the network must return one tensor (the logits)")
+                if all(t.weight is None for t in value.terms):
+                    raise UnsupportedLayerError(
+                        "the network must end with a Linear (or Conv2d) layer producing the logits, "
+                        f"but {_node_text(out)} is not one"
+                    )
+                self._neurons(out, value, relu=False)
+                return self.ops
+            elif node.op == "get_attr":
+                raise _refuse(node, "it reads a parameter or buffer directly; only modules and functions "
+                                    "of activations can be converted")
+            else:
+                env[node] = self._call(node, env)
+        raise AssertionError("unreachable: a traced graph ends with its output")
+
+    # -- dispatch ---------------------------------------------------------------------------------
+    def _arg(self, node: fx.Node, env, i: int = 0) -> _Value:
+        a = node.args[i] if i < len(node.args) else None
+        value = env.get(a) if isinstance(a, fx.Node) else None
+        if not isinstance(value, _Value):
+            raise _refuse(node, f"its argument {i} is not an activation tensor ({a!r})")
+        return value
+
+    def _call(self, node: fx.Node, env) -> _Value:
+        target = node.target
+        if node.op == "call_module":
+            return self._module(node, self.module.get_submodule(target), self._arg(node, env))
+        if target in _RELU:
+            return self._neurons(node, self._arg(node, env), relu=True)
+        if target in _ADD:
+            operands = [env.get(a) if isinstance(a, fx.Node) else a for a in node.args]
+            if len(operands) != 2 or not all(isinstance(v, _Value) for v in operands) or node.kwargs:
+                raise _refuse(node, "only the sum of two activation tensors is supported (no constants, no alpha)")
+            a, b = operands
+            if a.shape != b.shape:
+                raise _refuse(node, f"adds shapes {a.shape} and {b.shape} (broadcasting is not supported)")
+            return _Value(a.terms + b.terms, a.const + b.const)
+        if target in _MUL:
+            operands = [env.get(a) if isinstance(a, fx.Node) else a for a in node.args]
+            values = [v for v in operands if isinstance(v, _Value)]
+            numbers = [v for v in operands if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if len(values) == 1 and len(numbers) == 1 and len(operands) == 2:
+                c = torch.tensor(float(numbers[0]), dtype=torch.float64)
+                return self._channel_affine(node, values[0], c.expand(values[0].shape[0]), torch.zeros(()))
+            raise _refuse(node, "a multiplication of activations is not a linear map (only activation x number "
+                                "is); a TTFS neuron computes ReLU of a weighted sum")
+        if target in _FLATTEN:
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            if start != 1 or end != -1:
+                raise _refuse(node, f"flatten(start_dim={start}, end_dim={end}); only start_dim=1, end_dim=-1 keeps "
+                                    "the batch dimension")
+            return self._flatten(node, self._arg(node, env))
+        if target in _PASS:
+            return self._arg(node, env)
+        raise _refuse(node, f"it has no exact single-spike counterpart; {_SUPPORTED_TEXT}")
+
+    def _module(self, node: fx.Node, m: nn.Module, value: _Value) -> _Value:
+        if isinstance(m, (nn.Dropout, nn.Identity)):
+            return value
+        if isinstance(m, nn.ReLU):
+            return self._neurons(node, value, relu=True)
+        if isinstance(m, nn.Linear):
+            if value.shape != (m.in_features,):
+                raise _refuse(node, f"Linear expects {m.in_features} features, the network carries shape {value.shape}")
+            return self._weight(node, value, _f64(m.weight), None if m.bias is None else _f64(m.bias))
+        if isinstance(m, nn.Conv2d):
+            if len(value.shape) != 3 or value.shape[0] != m.in_channels:
+                raise _refuse(node, f"Conv2d expects {m.in_channels} channels, the network carries shape {value.shape}")
+            if _pair(m.dilation) != (1, 1) or m.padding_mode != "zeros":
+                raise _refuse(node, "Conv2d needs dilation=1 and zero padding")
+            try:
+                padding = conv_padding(_pair(m.kernel_size), _pair(m.stride), m.padding)
+            except ValueError as e:
+                raise _refuse(node, str(e)) from e
+            return self._weight(node, value, _f64(m.weight), None if m.bias is None else _f64(m.bias),
+                                _pair(m.stride), padding, m.groups)
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if m.running_mean is None:
+                raise _refuse(node, "batch norm without running statistics cannot be folded")
+            kappa = _f64(m.running_var).add(m.eps).rsqrt()
+            if m.weight is not None:
+                kappa = kappa * _f64(m.weight)
+            beta = torch.zeros_like(kappa) if m.bias is None else _f64(m.bias)
+            if kappa.shape[0] != value.shape[0] or len(value.shape) != (3 if isinstance(m, nn.BatchNorm2d) else 1):
+                raise _refuse(node, f"{type(m).__name__}({kappa.shape[0]}) does not match the carried shape {value.shape}")
+            return self._channel_affine(node, value, kappa, beta - _f64(m.running_mean) * kappa)
+        if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+            if len(value.shape) != 3:
+                raise _refuse(node, f"average pooling needs a (channels, h, w) input, the network carries {value.shape}")
+            if isinstance(m, nn.AvgPool2d):
+                if _pair(m.padding) != (0, 0) or m.ceil_mode or m.divisor_override is not None:
+                    raise _refuse(node, "AvgPool2d needs padding=0, ceil_mode=False and no divisor_override (a "
+                                        "padded average is no mean of spike times)")
+                kernel = _pair(m.kernel_size)
+                stride = _pair(m.stride if m.stride is not None else m.kernel_size)
+            else:
+                size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size, m.output_size)
+                size = tuple(s if o is None else int(o) for s, o in zip(value.shape[1:], size, strict=True))
+                if any(s % o for s, o in zip(value.shape[1:], size, strict=True)):
+                    raise _refuse(node, f"AdaptiveAvgPool2d from {value.shape[1:]} to {size}: only output sizes "
+                                        "that divide the input size (equal, non-overlapping bins) are supported")
+                kernel = stride = tuple(s // o for s, o in zip(value.shape[1:], size, strict=True))
+            return self._avgpool(node, value, kernel, stride)
+        if isinstance(m, nn.MaxPool2d):
+            if _pair(m.padding) != (0, 0) or _pair(m.dilation) != (1, 1) or m.ceil_mode:
+                raise _refuse(node, "MaxPool2d needs padding=0, dilation=1, ceil_mode=False")
+            return self._maxpool(node, value, _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size))
+        if isinstance(m, nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1:
+                raise _refuse(node, "Flatten must flatten all non-batch dimensions (start_dim=1)")
+            return self._flatten(node, value)
+        raise _refuse(node, f"{type(m).__name__} has no exact single-spike counterpart; {_SUPPORTED_TEXT}")
+
+    # -- linear maps on values --------------------------------------------------------------------
+    def _weight(self, node, value: _Value, w: Tensor, b: Tensor | None, stride=(1, 1), padding=(0, 0),
+                groups: int = 1) -> _Value:
+        conv = w.ndim == 4
+        terms = []
+        for term in value.terms:
+            if term.weight is not None:
+                raise _refuse(node, f"it follows {term.node!r} with no ReLU between (two weight layers in a row "
+                                    "have no spiking counterpart; a TTFS neuron layer is one weight layer + ReLU)")
+            weight = w
+            if term.scale is not None:
+                if conv:
+                    s = term.scale.reshape(groups, -1).repeat_interleave(w.shape[0] // groups, dim=0)
+                    weight = w * s[:, :, None, None]
+                else:
+                    weight = w * term.scale[None, :]
+            if conv:
+                out_hw = conv_output_size(term.shape[1:], w.shape[2:], stride, padding)
+                shape = (w.shape[0], *out_hw)
+            else:
+                shape = (w.shape[0],)
+            terms.append(replace(term, shape=shape, scale=None, weight=weight, stride=stride, padding=padding,
+                                 groups=groups, node=node.name))
+        if conv:
+            const = F.conv2d(value.const[None], w, b, stride=stride, padding=padding, groups=groups)[0]
+        else:
+            const = F.linear(value.const, w, b)
+        return _Value(tuple(terms), const)
+
+    def _channel_affine(self, node, value: _Value, kappa: Tensor, shift: Tensor) -> _Value:
+        """kappa * value + shift per channel (batch norm in eval mode, a multiplication by a number)."""
+        view = (-1, *(1,) * (len(value.shape) - 1))
+        terms = []
+        for term in value.terms:
+            if term.weight is not None:
+                terms.append(replace(term, weight=term.weight * kappa.reshape(-1, *(1,) * (term.weight.ndim - 1))))
+            else:
+                terms.append(replace(term, scale=kappa.clone() if term.scale is None else term.scale * kappa))
+        return _Value(tuple(terms), value.const * kappa.reshape(view) + shift.reshape(view) if shift.ndim else
+                      value.const * kappa.reshape(view))
+
+    def _routed(self, node, value: _Value, op, shape, what: str) -> tuple[_Term, ...]:
+        terms = []
+        for term in value.terms:
+            if term.weight is not None:
+                raise _refuse(node, f"{what} between {term.node!r} and its ReLU has no spiking counterpart; place "
+                                    "it after the ReLU")
+            terms.append(replace(term, route=term.route + (op,), shape=shape))
+        return tuple(terms)
+
+    def _avgpool(self, node, value: _Value, kernel, stride) -> _Value:
+        const = F.avg_pool2d(value.const[None], kernel, stride)[0]
+        return _Value(self._routed(node, value, _AvgPool(kernel, stride), tuple(const.shape), "average pooling"), const)
+
+    def _flatten(self, node, value: _Value) -> _Value:
+        if len(value.shape) == 1:
+            return value
+        per_channel = math.prod(value.shape[1:])
+        terms = self._routed(node, value, _Flatten(), (math.prod(value.shape),), "Flatten")
+        terms = tuple(t if t.scale is None else replace(t, scale=t.scale.repeat_interleave(per_channel)) for t in terms)
+        return _Value(terms, value.const.reshape(-1))
+
+    def _maxpool(self, node, value: _Value, kernel, stride) -> _Value:
+        if len(value.terms) != 1 or value.terms[0].weight is not None:
+            raise _refuse(node, "max-pooling must act on the output of one ReLU (optionally batch-normed): the max "
+                                "of a sum or of a pre-activation is not a spike-time operation")
+        term = value.terms[0]
+        if any(isinstance(op, (_AvgPool, _Flatten)) for op in term.route) or len(value.shape) != 3:
+            raise _refuse(node, "max-pooling after average pooling or flatten is not a spike-time operation")
+        const = value.const
+        if not bool((const == const.flatten(1)[:, :1, None]).all()):
+            raise _refuse(node, "max-pooling of a position-dependent shift has no spike-time counterpart")
+        sign = torch.ones(value.shape[0], dtype=torch.float64) if term.scale is None else \
+            torch.where(term.scale < 0, -1.0, 1.0).double()
+        pooled = F.avg_pool2d(const[None], kernel, stride)[0]
+        return _Value((replace(term, route=term.route + (_Pool(kernel, stride, sign),), shape=tuple(pooled.shape)),),
+                      pooled)
+
+    # -- neuron layers ----------------------------------------------------------------------------
+    def _neurons(self, node, value: _Value, relu: bool) -> _Value:
+        n = self.n + 1
+        primary = next((t for t in value.terms if t.source == n - 1 and t.weight is not None), None)
+        if primary is None:
+            raise _refuse(node, f"its neuron layer {n} gets no Linear/Conv2d input from neuron layer {n - 1}, the "
+                                "one before it in execution order (a ReLU of an unweighted sum, or parallel "
+                                "branches, have no chained window)")
+        groups = []
+        for term in value.terms:
+            if term is primary:
+                continue
+            weight = term.weight
+            if weight is None:
+                weight = torch.ones(term.shape[0], dtype=torch.float64) if term.scale is None else term.scale
+            groups.append(_Group(term.source, list(term.route), term.kind, weight,
+                                 term.weight is not None, term.stride, term.padding, term.groups))
+        shape = value.shape
+        if primary.weight.ndim == 4:
+            bias, index = _region_bias(value.const)
+        else:
+            bias, index = value.const[:, None].clone(), None
+        in_shape = self._route_shape(primary)
+        self.ops.extend(primary.route)
+        self.ops.append(_Neurons(primary.weight, bias, in_shape, shape, primary.stride, primary.padding, index,
+                                 relu, primary.groups, groups))
+        self.n = n
+        return _Value((_Term(n, (), shape),), torch.zeros(shape, dtype=torch.float64))
+
+    def _route_shape(self, term: _Term) -> tuple[int, ...]:
+        """Shape entering the weight of ``term``: its source's output shape through its route."""
+        shape = self.in_shape if term.source == 0 else [op for op in self.ops if isinstance(op, _Neurons)][term.source - 1].out_shape
+        for op in term.route:
+            if isinstance(op, _Flatten):
+                shape = (math.prod(shape),)
+            else:
+                shape = (shape[0], *conv_output_size(shape[1:], op.kernel_size, op.stride, (0, 0)))
+        return tuple(shape)
+
+
+def _region_bias(const: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(channels, regions) biases and the (h, w) region map of a per-position bias map (C, H, W)."""
+    c = const.shape[0]
+    columns, index = torch.unique(const.reshape(c, -1).t(), dim=0, return_inverse=True)
+    if columns.shape[0] == 1:
+        return columns.t().clone(), None
+    return columns.t().contiguous(), index.reshape(const.shape[1:])
+
+
+def fold_graph(model: nn.Module, in_shape: tuple[int, ...], p: Tensor, q: Tensor, input_delta: float = 1.0) -> list:
+    """:func:`fold` for any module torch.fx can trace: the same chain of ops, with delayed input groups.
+
+    Every value of the graph is kept as an affine function of earlier neuron layers' activations (a sum
+    of terms, each a routed and scaled activation through at most one Linear/Conv2d, plus a constant
+    map). A ReLU turns one into a neuron layer: the term from the layer just before it becomes the
+    layer's own weight (its route the chain's pooling/flatten modules), every other term a delayed input
+    group (an identity shortcut a fixed per-channel weight, a projection shortcut a trainable one), the
+    constant its biases (per region where zero padding makes them position-dependent). Anything else is
+    refused with the node's name and the reason.
+    """
+    return _GraphFolder(model, in_shape, p, q, input_delta).fold()
+
+
+def _route_module(op) -> nn.Module:
+    """The spike-time module of a chain or route op."""
+    if isinstance(op, _Pool):
+        return MinTimePool2d(op.kernel_size, op.stride, op.sign)
+    if isinstance(op, _AvgPool):
+        return MeanTimePool2d(op.kernel_size, op.stride)
+    return nn.Flatten()
+
+
 def _build(ops: list, encoder: InputEncoder, deltas: Tensor, parameterisation: str, alpha: float) -> SNN:
     layers: list[nn.Module] = []
     widths = deltas.tolist() + [0.0]
     n = 0
     for op in ops:
-        if isinstance(op, _Pool):
-            layers.append(MinTimePool2d(op.kernel_size, op.stride, op.sign))
-        elif isinstance(op, _Flatten):
-            layers.append(nn.Flatten())
+        if not isinstance(op, _Neurons):
+            layers.append(_route_module(op))
         else:
             n += 1
             if op.is_conv:
-                c_out, c_in, kh, kw = op.weight.shape
-                layer: SpikingNeurons = SpikingConv2d(c_in, c_out, (kh, kw), op.stride, op.padding,
-                                                      parameterisation, alpha, op.region_index)
+                c_out, c_in_group, kh, kw = op.weight.shape
+                layer: SpikingNeurons = SpikingConv2d(c_in_group * op.groups, c_out, (kh, kw), op.stride, op.padding,
+                                                      parameterisation, alpha, op.region_index, op.groups)
             else:
                 layer = SpikingLinear(op.weight.shape[1], op.weight.shape[0], parameterisation, alpha)
             layer = layer.double()  # receive the float64 folded values without rounding
             weight, bias = op.weight, op.bias
             if parameterisation == "alpha1":
+                if op.inputs or any(isinstance(o, _AvgPool) for o in ops):
+                    raise ValueError("alpha1 conversion needs a chain without skip connections or average pooling; "
+                                     "use B1")
                 weight, bias = _alpha1_forward_map(op, alpha, widths[n - 1], widths[n])
             with torch.no_grad():
                 layer.weight.copy_(weight)
                 layer.bias.copy_(bias)
+            layer.set_input_groups([
+                InputGroup(g.source, [_route_module(r) for r in g.route], g.kind, g.weight, g.trainable, g.stride,
+                           g.padding, g.groups).double()
+                for g in op.inputs
+            ])
             layers.append(layer)
     return SNN(encoder, layers, deltas)
 
@@ -324,7 +720,8 @@ def convert(
     was_training = model.training
     model.eval()
     try:
-        ops = fold(model, in_shape, p, q, input_delta)
+        ops = fold(model, in_shape, p, q, input_delta) if _is_chain(model) else fold_graph(model, in_shape, p, q,
+                                                                                            input_delta)
     finally:
         model.train(was_training)
     if parameterisation == "alpha1":
@@ -337,6 +734,11 @@ def convert(
         unit_windows[0] = input_delta
         probe = _build(ops, InputEncoder(in_shape, *encoder_range), unit_windows, "b1", alpha).double()
         peaks = max_activations(probe.to(device), calibration).cpu()
+        if probe.residual:  # the window rule: a window holds every input entering it (SNN.window_sources)
+            x0 = input_delta * max(float(probe.encoder.scaled(z.to(torch.float64)).amax())
+                                   for z in _batches(calibration, 512))
+            layer_peaks = [torch.tensor(x0, dtype=torch.float64), *peaks.unbind()]
+            peaks = torch.stack([torch.stack([layer_peaks[m] for m in ms]).amax() for ms in probe.window_sources()])
         deltas = torch.cat([unit_windows[:1], torch.where(peaks > 0, (1 + zeta) * peaks, torch.ones_like(peaks))])
         snn = _build(ops, InputEncoder(in_shape, *encoder_range), deltas, parameterisation, alpha).double()
     return snn.to(device=device, dtype=dtype)
