@@ -81,6 +81,7 @@ class _Pool:
     kernel_size: tuple[int, int]
     stride: tuple[int, int]
     sign: Tensor  # (channels,) of +-1
+    padding: tuple[int, int] = (0, 0)  # padded taps are ignored (never win)
 
 
 @dataclass
@@ -438,9 +439,10 @@ class _GraphFolder:
                 kernel = stride = tuple(s // o for s, o in zip(value.shape[1:], size, strict=True))
             return self._avgpool(node, value, kernel, stride)
         if isinstance(m, nn.MaxPool2d):
-            if _pair(m.padding) != (0, 0) or _pair(m.dilation) != (1, 1) or m.ceil_mode:
-                raise _refuse(node, "MaxPool2d needs padding=0, dilation=1, ceil_mode=False")
-            return self._maxpool(node, value, _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size))
+            if _pair(m.dilation) != (1, 1) or m.ceil_mode:
+                raise _refuse(node, "MaxPool2d needs dilation=1, ceil_mode=False")
+            return self._maxpool(node, value, _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size),
+                                 _pair(m.padding))
         if isinstance(m, nn.Flatten):
             if m.start_dim != 1 or m.end_dim != -1:
                 raise _refuse(node, "Flatten must flatten all non-batch dimensions (start_dim=1)")
@@ -509,7 +511,7 @@ class _GraphFolder:
         terms = tuple(t if t.scale is None else replace(t, scale=t.scale.repeat_interleave(per_channel)) for t in terms)
         return _Value(terms, value.const.reshape(-1))
 
-    def _maxpool(self, node, value: _Value, kernel, stride) -> _Value:
+    def _maxpool(self, node, value: _Value, kernel, stride, padding=(0, 0)) -> _Value:
         if len(value.terms) != 1 or value.terms[0].weight is not None:
             raise _refuse(node, "max-pooling must act on the output of one ReLU (optionally batch-normed): the max "
                                 "of a sum or of a pre-activation is not a spike-time operation")
@@ -521,9 +523,9 @@ class _GraphFolder:
             raise _refuse(node, "max-pooling of a position-dependent shift has no spike-time counterpart")
         sign = torch.ones(value.shape[0], dtype=torch.float64) if term.scale is None else \
             torch.where(term.scale < 0, -1.0, 1.0).double()
-        pooled = F.avg_pool2d(const[None], kernel, stride)[0]
-        return _Value((replace(term, route=term.route + (_Pool(kernel, stride, sign),), shape=tuple(pooled.shape)),),
-                      pooled)
+        pooled = F.max_pool2d(const[None], kernel, stride, padding)[0]  # constant per channel: any pool keeps it
+        return _Value((replace(term, route=term.route + (_Pool(kernel, stride, sign, padding),),
+                               shape=tuple(pooled.shape)),), pooled)
 
     # -- neuron layers ----------------------------------------------------------------------------
     def _neurons(self, node, value: _Value, relu: bool) -> _Value:
@@ -561,7 +563,7 @@ class _GraphFolder:
             if isinstance(op, _Flatten):
                 shape = (math.prod(shape),)
             else:
-                shape = (shape[0], *conv_output_size(shape[1:], op.kernel_size, op.stride, (0, 0)))
+                shape = (shape[0], *conv_output_size(shape[1:], op.kernel_size, op.stride, getattr(op, "padding", (0, 0))))
         return tuple(shape)
 
 
@@ -591,7 +593,7 @@ def fold_graph(model: nn.Module, in_shape: tuple[int, ...], p: Tensor, q: Tensor
 def _route_module(op) -> nn.Module:
     """The spike-time module of a chain or route op."""
     if isinstance(op, _Pool):
-        return MinTimePool2d(op.kernel_size, op.stride, op.sign)
+        return MinTimePool2d(op.kernel_size, op.stride, op.sign, op.padding)
     if isinstance(op, _AvgPool):
         return MeanTimePool2d(op.kernel_size, op.stride)
     return nn.Flatten()

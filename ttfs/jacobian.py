@@ -66,7 +66,7 @@ def pool_jacobian(pool: MinTimePool2d, t: Tensor) -> Tensor:
     """
     batch, channels, h, w = t.shape
     s = torch.ones((), dtype=t.dtype, device=t.device) if pool.sign is None else pool.sign.to(t.dtype)
-    _, index = F.max_pool2d(-s * t, pool.kernel_size, pool.stride, return_indices=True)
+    _, index = F.max_pool2d(-s * t, pool.kernel_size, pool.stride, pool.padding, return_indices=True)
     offset = (torch.arange(channels, device=t.device) * (h * w)).reshape(1, channels, 1, 1)
     flat = (index + offset).reshape(batch, -1, 1)
     jac = torch.zeros(batch, flat.shape[1], channels * h * w, dtype=t.dtype, device=t.device)

@@ -290,14 +290,18 @@ class MinTimePool2d(nn.Module):
 
     Channels with ``sign`` +1 take the earliest spike (max of activations); channels with sign -1 take
     the latest (min of activations), needed when a batch norm with negative scale sits between the ReLU
-    and the max-pool. Creates no neurons and no window.
+    and the max-pool. Creates no neurons and no window. ``padding`` positions are ignored (as torch's
+    max-pooling pads with -inf: a window's padded taps never win).
     """
 
+    padding = (0, 0)  # the class value serves layers pickled before padding existed
+
     def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 sign: Tensor | None = None):
+                 sign: Tensor | None = None, padding: int | tuple[int, int] = 0):
         super().__init__()
         self.kernel_size = _pair(kernel_size)
         self.stride = _pair(stride if stride is not None else kernel_size)
+        self.padding = _pair(padding)
         self.sign: Tensor | None
         if sign is not None and bool((sign < 0).any()):
             self.register_buffer("sign", sign.sign().to(torch.get_default_dtype()).reshape(1, -1, 1, 1))
@@ -306,13 +310,14 @@ class MinTimePool2d(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         if self.sign is None:
-            return -F.max_pool2d(-t, self.kernel_size, self.stride)
+            return -F.max_pool2d(-t, self.kernel_size, self.stride, self.padding)
         s = self.sign.to(t.dtype)
-        return -s * F.max_pool2d(-s * t, self.kernel_size, self.stride)
+        return -s * F.max_pool2d(-s * t, self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         negative = 0 if self.sign is None else int((self.sign < 0).sum())
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, negative_channels={negative}"
+        padded = f", padding={self.padding}" if self.padding != (0, 0) else ""
+        return f"kernel_size={self.kernel_size}, stride={self.stride}{padded}, negative_channels={negative}"
 
 
 class MeanTimePool2d(nn.Module):

@@ -413,9 +413,10 @@ class SNN(nn.Module):
                 if activations:
                     pending = t
             else:
-                t = t_max - F.max_pool2d(y, pool.kernel_size, pool.stride)  # == pool(t_max - y)
+                t = t_max - F.max_pool2d(y, pool.kernel_size, pool.stride, pool.padding)  # == pool(t_max - y)
                 if adapt:  # min(t_max - y) = t_max - max(y); the pooled times hold it if the pool covers y
-                    covers = pool.stride == pool.kernel_size and y.shape[-2] % pool.kernel_size[0] == 0 \
+                    covers = pool.stride == pool.kernel_size and pool.padding == (0, 0) \
+                        and y.shape[-2] % pool.kernel_size[0] == 0 \
                         and y.shape[-1] % pool.kernel_size[1] == 0
                     m = t.detach().amin() if covers else t_max - y.detach().amax()
                     earliest.append(m.item() if host else m)
