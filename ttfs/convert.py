@@ -389,6 +389,9 @@ class _GraphFolder:
             return self._flatten(node, self._arg(node, env))
         if target in _PASS:
             return self._arg(node, env)
+        name = getattr(target, "__name__", "").lstrip("_")
+        if name in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"):
+            return self._functional_pool(node, self._arg(node, env), name)
         raise _refuse(node, f"it has no exact single-spike counterpart; {_SUPPORTED_TEXT}")
 
     def _module(self, node: fx.Node, m: nn.Module, value: _Value) -> _Value:
@@ -421,28 +424,12 @@ class _GraphFolder:
             if kappa.shape[0] != value.shape[0] or len(value.shape) != (3 if isinstance(m, nn.BatchNorm2d) else 1):
                 raise _refuse(node, f"{type(m).__name__}({kappa.shape[0]}) does not match the carried shape {value.shape}")
             return self._channel_affine(node, value, kappa, beta - _f64(m.running_mean) * kappa)
-        if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-            if len(value.shape) != 3:
-                raise _refuse(node, f"average pooling needs a (channels, h, w) input, the network carries {value.shape}")
-            if isinstance(m, nn.AvgPool2d):
-                if _pair(m.padding) != (0, 0) or m.ceil_mode or m.divisor_override is not None:
-                    raise _refuse(node, "AvgPool2d needs padding=0, ceil_mode=False and no divisor_override (a "
-                                        "padded average is no mean of spike times)")
-                kernel = _pair(m.kernel_size)
-                stride = _pair(m.stride if m.stride is not None else m.kernel_size)
-            else:
-                size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size, m.output_size)
-                size = tuple(s if o is None else int(o) for s, o in zip(value.shape[1:], size, strict=True))
-                if any(s % o for s, o in zip(value.shape[1:], size, strict=True)):
-                    raise _refuse(node, f"AdaptiveAvgPool2d from {value.shape[1:]} to {size}: only output sizes "
-                                        "that divide the input size (equal, non-overlapping bins) are supported")
-                kernel = stride = tuple(s // o for s, o in zip(value.shape[1:], size, strict=True))
-            return self._avgpool(node, value, kernel, stride)
+        if isinstance(m, nn.AvgPool2d):
+            return self._avgpool(node, value, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.divisor_override)
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            return self._adaptive(node, value, m.output_size)
         if isinstance(m, nn.MaxPool2d):
-            if _pair(m.dilation) != (1, 1) or m.ceil_mode:
-                raise _refuse(node, "MaxPool2d needs dilation=1, ceil_mode=False")
-            return self._maxpool(node, value, _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size),
-                                 _pair(m.padding))
+            return self._maxpool(node, value, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
         if isinstance(m, nn.Flatten):
             if m.start_dim != 1 or m.end_dim != -1:
                 raise _refuse(node, "Flatten must flatten all non-batch dimensions (start_dim=1)")
@@ -499,7 +486,44 @@ class _GraphFolder:
             terms.append(replace(term, route=term.route + (op,), shape=shape))
         return tuple(terms)
 
-    def _avgpool(self, node, value: _Value, kernel, stride) -> _Value:
+    def _functional_pool(self, node: fx.Node, value: _Value, name: str) -> _Value:
+        """F.max_pool2d, F.avg_pool2d and F.adaptive_avg_pool2d calls, read like their modules."""
+        names = {"max_pool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+                 "avg_pool2d": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                                "divisor_override"),
+                 "adaptive_avg_pool2d": ("output_size",)}[name]
+        a = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False,
+             "count_include_pad": True, "divisor_override": None}
+        a.update(zip(names, node.args[1:]))
+        a.update(node.kwargs)
+        if name == "adaptive_avg_pool2d":
+            return self._adaptive(node, value, a["output_size"])
+        if name == "avg_pool2d":
+            return self._avgpool(node, value, a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"],
+                                 a["divisor_override"])
+        if a["return_indices"]:
+            raise _refuse(node, "max-pooling indices are no activations")
+        return self._maxpool(node, value, a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"])
+
+    def _adaptive(self, node, value: _Value, output_size) -> _Value:
+        if len(value.shape) != 3:
+            raise _refuse(node, f"average pooling needs a (channels, h, w) input, the network carries {value.shape}")
+        size = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+        size = tuple(s if o is None else int(o) for s, o in zip(value.shape[1:], size, strict=True))
+        if any(s % o for s, o in zip(value.shape[1:], size, strict=True)):
+            raise _refuse(node, f"adaptive average pooling from {value.shape[1:]} to {size}: only output sizes "
+                                "that divide the input size (equal, non-overlapping bins) are supported")
+        kernel = tuple(s // o for s, o in zip(value.shape[1:], size, strict=True))
+        return self._avgpool(node, value, kernel, kernel)
+
+    def _avgpool(self, node, value: _Value, kernel, stride=None, padding=0, ceil_mode=False, divisor=None) -> _Value:
+        if len(value.shape) != 3:
+            raise _refuse(node, f"average pooling needs a (channels, h, w) input, the network carries {value.shape}")
+        if _pair(padding) != (0, 0) or ceil_mode or divisor is not None:
+            raise _refuse(node, "average pooling needs padding=0, ceil_mode=False and no divisor_override (a "
+                                "padded average is no mean of spike times)")
+        kernel = _pair(kernel)
+        stride = _pair(stride) if stride else kernel
         const = F.avg_pool2d(value.const[None], kernel, stride)[0]
         return _Value(self._routed(node, value, _AvgPool(kernel, stride), tuple(const.shape), "average pooling"), const)
 
@@ -511,7 +535,11 @@ class _GraphFolder:
         terms = tuple(t if t.scale is None else replace(t, scale=t.scale.repeat_interleave(per_channel)) for t in terms)
         return _Value(terms, value.const.reshape(-1))
 
-    def _maxpool(self, node, value: _Value, kernel, stride, padding=(0, 0)) -> _Value:
+    def _maxpool(self, node, value: _Value, kernel, stride=None, padding=0, dilation=1, ceil_mode=False) -> _Value:
+        if _pair(dilation) != (1, 1) or ceil_mode:
+            raise _refuse(node, "max-pooling needs dilation=1, ceil_mode=False")
+        kernel, padding = _pair(kernel), _pair(padding)
+        stride = _pair(stride) if stride else kernel
         if len(value.terms) != 1 or value.terms[0].weight is not None:
             raise _refuse(node, "max-pooling must act on the output of one ReLU (optionally batch-normed): the max "
                                 "of a sum or of a pre-activation is not a spike-time operation")
