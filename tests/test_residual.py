@@ -506,3 +506,28 @@ def test_residual_training_follows_the_relu_trajectory():
         record = snn.run(inputs[:256])
         assert rel_diff(record.logits, model(inputs[:256])) <= 1e-9
     assert int(record.causality_violations().sum()) == 0 and int(record.early_arrivals().sum()) == 0
+
+
+def test_chains_with_average_pooling_and_grouped_convolutions_map_back_to_relu():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(4, 4, 3, groups=2),
+                          nn.ReLU(), nn.MaxPool2d(3, 1, 1), nn.Flatten(), nn.Linear(4 * 2 * 2, 3)).double()
+    x = torch.rand(16, 2, 8, 8, dtype=F64)
+    snn, _ = assert_exact(model, x)
+    with torch.no_grad():
+        assert rel_diff(ttfs.to_relu(snn)(x), model(x)) <= 1e-9
+        residual, _ = assert_exact(TrainableResidual(), torch.rand(4, 1, 8, 8, dtype=F64))
+    with pytest.raises(ValueError, match="input groups"):
+        ttfs.to_relu(residual)
+    with pytest.raises(ValueError, match="input groups"):
+        ttfs.jacobian.layer_jacobians(residual, torch.rand(2, 1, 8, 8, dtype=F64))
+
+
+def test_weight_quantisation_covers_projection_shortcuts():
+    torch.manual_seed(7)
+    snn, _ = assert_exact(TrainableResidual(), torch.rand(8, 1, 8, 8, dtype=F64))
+    ttfs.constraints.quantise_weights(snn, 2)
+    projection = snn.neuron_layers[2].input_groups[0]
+    assert projection.kind == "conv2d" and len(torch.unique(projection.weight)) <= 4  # 2 bits: at most 4 levels
+    identity = snn.neuron_layers[1].input_groups[0]
+    assert bool((identity.weight == 1).all())

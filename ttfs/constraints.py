@@ -143,8 +143,13 @@ class FakeQuantise(nn.Module):
 
 
 def quantise_weights(snn: SNN, bits: int | None, percentile: float = 100.0) -> SNN:
-    """Fake-quantise the weights of every neuron layer in place (``bits=None`` removes it)."""
-    for layer in snn.neuron_layers:
+    """Fake-quantise the weights of every neuron layer in place (``bits=None`` removes it).
+
+    Trainable input groups (projection shortcuts) are synapses too and are quantised the same way, each
+    group with its own range; fixed identity shortcuts (buffers) are left exact.
+    """
+    groups = [g for layer in snn.neuron_layers for g in layer.input_groups if g.trainable]
+    for layer in [*snn.neuron_layers, *groups]:
         if parametrize.is_parametrized(layer, "weight"):
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
         if bits is not None:

@@ -775,7 +775,14 @@ def convert(
 
 
 def to_relu(snn: SNN) -> nn.Sequential:
-    """Reverse mapping: a torch ReLU network computing exactly what ``snn`` computes on raw inputs."""
+    """Reverse mapping: a torch ReLU network computing exactly what ``snn`` computes on raw inputs.
+
+    Chains only: a network with input groups (skip connections) has no nn.Sequential equivalent (compare it
+    with the ReLU network it was converted from).
+    """
+    if snn.residual:
+        raise ValueError("to_relu builds an nn.Sequential chain; this SNN has input groups (skip connections): "
+                         "compare it with the ReLU network it was converted from")
     modules: list[nn.Module] = [InputRange(snn.encoder.p, snn.encoder.q, float(snn.deltas[0]))]
     relu_params = snn.relu_parameters()
     n = 0
@@ -787,7 +794,7 @@ def to_relu(snn: SNN) -> nn.Sequential:
             if isinstance(layer, SpikingConv2d):
                 has_regions = layer.region_index is not None
                 conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                                 layer.padding, bias=not has_regions)
+                                 layer.padding, bias=not has_regions, groups=layer.groups)
                 conv = conv.to(dtype=w.dtype, device=w.device)
                 with torch.no_grad():
                     conv.weight.copy_(w)
@@ -805,10 +812,14 @@ def to_relu(snn: SNN) -> nn.Sequential:
             if i != last:
                 modules.append(nn.ReLU())
         elif isinstance(layer, MinTimePool2d):
+            if layer.padding != (0, 0) and layer.sign is not None:
+                raise ValueError("to_relu has no module for a padded max-pool with flipped channels")
             if layer.sign is None:
-                modules.append(nn.MaxPool2d(layer.kernel_size, layer.stride))
+                modules.append(nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding))
             else:
                 modules.append(SignedMaxPool2d(layer.kernel_size, layer.stride, layer.sign.reshape(-1)))
+        elif isinstance(layer, MeanTimePool2d):
+            modules.append(nn.AvgPool2d(layer.kernel_size, layer.stride))
         else:
             modules.append(layer)
     return nn.Sequential(*modules).to(device=snn.deltas.device, dtype=snn.deltas.dtype)

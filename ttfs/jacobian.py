@@ -84,6 +84,9 @@ def layer_jacobians(snn: SNN, z: Tensor, include_readout: bool = False) -> list[
     diag(1/B) W (= -dlogits/dt^(N-1), no mask: the readout does not spike) is appended, so that the
     product of all blocks is dlogits/dx^(0), the input-output Jacobian of the equivalent ReLU network.
     """
+    if snn.residual:
+        raise ValueError("layer_jacobians follows a chain; a network with input groups (skip connections) has "
+                         "Jacobians with several inputs per layer, which this analysis does not cover")
     b = snn.boundaries()
     t = snn.encode(z)
     batch = t.shape[0]
