@@ -531,3 +531,16 @@ def test_weight_quantisation_covers_projection_shortcuts():
     assert projection.kind == "conv2d" and len(torch.unique(projection.weight)) <= 4  # 2 bits: at most 4 levels
     identity = snn.neuron_layers[1].input_groups[0]
     assert bool((identity.weight == 1).all())
+
+
+def test_tightened_windows_hold_every_input_entering_them():
+    torch.manual_seed(8)
+    x = torch.rand(32, 1, 8, 8, dtype=F64)
+    snn, _ = assert_exact(TrainableResidual(), x)
+    ttfs.constraints.tighten_windows(snn, x, quantile=1.0)
+    assert snn.window_sources() == [[1], [1, 2], [3]]  # layer 3's projection reads layer 1 in window 2
+    with torch.no_grad():
+        record = snn.run(x)
+    peaks = [float(a.max()) for a in record.activations()]
+    assert float(snn.deltas[2]) == float(torch.tensor(max(peaks[0], peaks[1])).float())  # quantiles in float32
+    assert int(record.early_arrivals().sum()) == 0

@@ -215,10 +215,18 @@ def activation_quantiles(snn: SNN, data: Iterable | Tensor, quantile: float, bat
 
 
 def tighten_windows(snn: SNN, data: Iterable | Tensor, quantile: float = 0.999) -> None:
-    """Set every hidden window Delta^(n) to a high quantile of its activations (for K time steps)."""
+    """Set every hidden window Delta^(n) to a high quantile of its activations (for K time steps).
+
+    In a residual network a window also holds the delayed spikes of the input groups of the next layer
+    (:meth:`ttfs.SNN.window_sources`): it gets the largest of those layers' quantiles (Delta^(0) for the
+    input).
+    """
     if not 0 < quantile <= 1:
         raise ValueError(f"quantile must be in (0, 1], got {quantile}")
     widths = activation_quantiles(snn, data, quantile)
+    if snn.residual:
+        per_layer = [snn.deltas[0].to(widths.dtype), *widths.unbind()]
+        widths = torch.stack([torch.stack([per_layer[m] for m in ms]).amax() for ms in snn.window_sources()])
     with torch.no_grad():
         snn.deltas[1:] = torch.where(widths > 0, widths, snn.deltas[1:])
     if snn.spike_constraints is None:
