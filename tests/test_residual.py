@@ -290,7 +290,7 @@ class MaxOfSum(nn.Module):
     (Gate(), r"node 'sigmoid' \(call_function sigmoid\): it has no exact single-spike counterpart"),
     (Product(), r"node 'mul' \(call_function mul\): a multiplication of activations is not a linear map"),
     (Tanh(), r"node 'act' \(call_module act\): Tanh has no exact single-spike counterpart; supported are"),
-    (Branchy(), r"node 'max_pool2d' \(call_function .*max_pool2d\): max-pooling must act on the output of one"),
+    (Branchy(), r"node 'max_pool2d' \(call_function .*max_pool2d\): MaxPool2d between a Linear/Conv2d and its ReLU"),
     (MaxOfSum(), r"node 'pool' \(call_module pool\): max-pooling must act on the output of one ReLU"),
     (Parallel(), r"node 'relu_1' \(call_function relu\): its neuron layer 2 gets no Linear/Conv2d input from "
                  r"neuron layer 1"),

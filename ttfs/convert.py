@@ -1,9 +1,11 @@
 """Exact conversion of a trained ReLU network into a TTFS network and back (SPEC 3).
 
-Conversion folds everything affine into the spiking layers' weights and thresholds: batch norm before
-the ReLU into the preceding layer, batch norm after the ReLU into the next one (through flatten and
-max-pool, with per-region biases where 'same' zero padding meets a folded shift), and the input range
-[p, q] into the first layer. All folding happens in float64.
+The ReLU network is traced with torch.fx (an nn.Sequential chain or any module with a traceable
+``forward``). Conversion folds everything affine into the spiking layers' weights and thresholds: batch
+norm before the ReLU into the preceding layer, batch norm after the ReLU into the next one (through
+flatten and max-pool, with per-region biases where zero padding meets a folded shift), average pooling
+into the next layer's synapses, the input range [p, q] into the first layer, and skip connections into
+delayed input groups of the receiving layer (docs/residual.md). All folding happens in float64.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ from .network import SNN
 from .relu import InputRange, RegionBias, SignedMaxPool2d
 
 SUPPORTED_LAYERS = (
-    nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout,
-    nn.Identity, RegionBias, SignedMaxPool2d,
+    nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+    nn.Flatten, nn.Dropout, nn.Identity, RegionBias, SignedMaxPool2d,
 )
+"""The modules :func:`convert` folds (inside any container or ``forward`` that torch.fx can trace, with
+additions, ``F.relu``, ``torch.flatten`` and the functional pools)."""
 
 
 class UnsupportedLayerError(TypeError):
@@ -94,156 +98,12 @@ class _Flatten:
     pass
 
 
-def _is_chain(model: nn.Module) -> bool:
-    """Whether ``model`` is an nn.Sequential chain of SUPPORTED_LAYERS (folded by :func:`fold`, else traced)."""
-    if not isinstance(model, nn.Sequential):
-        return False
-    try:
-        list(leaves(model))
-    except UnsupportedLayerError:
-        return False
-    return True
-
-
-def leaves(model: nn.Module) -> Iterator[nn.Module]:
-    """The model's layers in execution order; only nn.Sequential containers are looked into."""
-    if isinstance(model, nn.Sequential):
-        for child in model:
-            yield from leaves(child)
-    elif isinstance(model, SUPPORTED_LAYERS):
-        yield model
-    else:
-        names = ", ".join(t.__name__ for t in SUPPORTED_LAYERS)
-        raise UnsupportedLayerError(
-            f"cannot convert layer {type(model).__name__}: supported are {names}, inside nn.Sequential "
-            "containers (a custom container's forward order is unknown)"
-        )
-
-
 def _f64(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach().to("cpu", torch.float64)
 
 
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def _regions(weight: Tensor, in_hw: tuple[int, int], stride, padding, shift: Tensor, bias: Tensor):
-    """Per-region biases for a conv whose input carries a per-channel shift under zero padding."""
-    c_in = weight.shape[1]
-    shift_image = shift.reshape(1, c_in, 1, 1).expand(1, c_in, *in_hw)
-    bias_map = F.conv2d(shift_image, weight, stride=stride, padding=padding)[0] + bias[:, None, None]
-    taps = F.unfold(torch.ones(1, 1, *in_hw, dtype=weight.dtype), weight.shape[2:], padding=padding, stride=stride)
-    patterns, index = torch.unique(taps[0].t(), dim=0, return_inverse=True)
-    out_hw = bias_map.shape[1:]
-    index = index.reshape(out_hw)
-    first = torch.stack([(index.flatten() == r).nonzero()[0, 0] for r in range(len(patterns))])
-    region_bias = bias_map.flatten(1)[:, first]
-    if bool((region_bias == region_bias[:, :1]).all()):
-        return region_bias[:, :1].clone(), None
-    assert torch.allclose(region_bias[:, index], bias_map, rtol=0, atol=1e-12 * (1 + bias_map.abs().max()))
-    return region_bias, index
-
-
-def fold(model: nn.Module, in_shape: tuple[int, ...], p: Tensor, q: Tensor, input_delta: float = 1.0) -> list:
-    """Walk the ReLU network and fold every affine map into the neuron layers (float64).
-
-    ``p``/``q`` are per input channel. The SNN carries activations a and the next affine layer of the
-    ReLU network sees ``scale * a + shift`` per channel; folding absorbs that pair.
-    """
-    shape = tuple(in_shape)
-    scale = ((q - p) / input_delta).to(torch.float64)
-    shift = p.to(torch.float64).clone()
-    ops: list = []
-    open_layer: _Neurons | None = None  # last affine layer whose ReLU has not come yet
-
-    def need_identity(what: str) -> None:
-        if open_layer is not None:
-            raise UnsupportedLayerError(
-                f"{what} between a Linear/Conv2d and its ReLU has no spiking counterpart; place it after the ReLU"
-            )
-
-    for layer in leaves(model):
-        if isinstance(layer, (nn.Dropout, nn.Identity)):
-            continue
-        if isinstance(layer, nn.Linear):
-            need_identity("a second Linear")
-            if len(shape) != 1 or shape[0] != layer.in_features:
-                raise ValueError(f"Linear expects {layer.in_features} features, the network carries shape {shape}")
-            w = _f64(layer.weight)
-            b = torch.zeros(layer.out_features, dtype=torch.float64) if layer.bias is None else _f64(layer.bias)
-            open_layer = _Neurons(w * scale, (b + w @ shift)[:, None], shape, (layer.out_features,))
-        elif isinstance(layer, nn.Conv2d):
-            need_identity("a second Conv2d")
-            if len(shape) != 3 or shape[0] != layer.in_channels:
-                raise ValueError(f"Conv2d expects {layer.in_channels} channels, the network carries shape {shape}")
-            if layer.groups != 1 or _pair(layer.dilation) != (1, 1) or layer.padding_mode != "zeros":
-                raise UnsupportedLayerError("Conv2d needs groups=1, dilation=1 and zero padding")
-            stride = _pair(layer.stride)
-            padding = conv_padding(_pair(layer.kernel_size), stride, layer.padding)
-            w = _f64(layer.weight)
-            b = torch.zeros(layer.out_channels, dtype=torch.float64) if layer.bias is None else _f64(layer.bias)
-            bias, index = _regions(w, shape[1:], stride, padding, shift, b)
-            out_hw = conv_output_size(shape[1:], _pair(layer.kernel_size), stride, padding)
-            open_layer = _Neurons(w * scale[None, :, None, None], bias, shape, (layer.out_channels, *out_hw),
-                                  stride, padding, index)
-        elif isinstance(layer, RegionBias):
-            if open_layer is None or open_layer.bias.shape[1] != 1:
-                raise UnsupportedLayerError("RegionBias must directly follow a bias-free Conv2d")
-            open_layer.bias = open_layer.bias + _f64(layer.bias)
-            open_layer.region_index = layer.region_index.detach().cpu().clone()
-        elif isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            if layer.running_mean is None:
-                raise ValueError(f"{type(layer).__name__} without running statistics cannot be folded")
-            kappa = _f64(layer.running_var).add(layer.eps).rsqrt()
-            beta = torch.zeros_like(kappa) if layer.bias is None else _f64(layer.bias)
-            if layer.weight is not None:
-                kappa = kappa * _f64(layer.weight)
-            bn_shift = beta - _f64(layer.running_mean) * kappa
-            carried = open_layer.out_shape if open_layer is not None else shape
-            if kappa.shape[0] != carried[0]:
-                raise ValueError(f"{type(layer).__name__}({kappa.shape[0]}) does not match carried shape {carried}")
-            if open_layer is not None:  # before the ReLU: fold into the preceding layer
-                open_layer.weight = open_layer.weight * kappa.reshape(-1, *(1,) * (open_layer.weight.ndim - 1))
-                open_layer.bias = open_layer.bias * kappa[:, None] + bn_shift[:, None]
-            else:  # after the ReLU: the next layer sees kappa * a + shift
-                scale, shift = scale * kappa, shift * kappa + bn_shift
-        elif isinstance(layer, nn.ReLU):
-            if open_layer is None:
-                raise UnsupportedLayerError("a ReLU must follow a Linear or Conv2d (optionally batch-normed)")
-            open_layer.relu = True
-            ops.append(open_layer)
-            open_layer = None
-            shape = ops[-1].out_shape
-            scale, shift = torch.ones(shape[0], dtype=torch.float64), torch.zeros(shape[0], dtype=torch.float64)
-        elif isinstance(layer, (nn.MaxPool2d, SignedMaxPool2d)):
-            need_identity("MaxPool2d")
-            if isinstance(layer, nn.MaxPool2d) and (
-                _pair(layer.padding) != (0, 0) or _pair(layer.dilation) != (1, 1) or layer.ceil_mode
-            ):
-                raise UnsupportedLayerError("MaxPool2d needs padding=0, dilation=1, ceil_mode=False")
-            if len(shape) != 3:
-                raise ValueError(f"MaxPool2d needs a (channels, h, w) input, the network carries shape {shape}")
-            kernel = _pair(layer.kernel_size)
-            stride = _pair(layer.stride if layer.stride is not None else layer.kernel_size)
-            sign = torch.where(scale < 0, -1.0, 1.0).double()
-            if isinstance(layer, SignedMaxPool2d):
-                sign = sign * _f64(layer.sign).reshape(-1)
-            ops.append(_Pool(kernel, stride, sign))
-            shape = (shape[0], *conv_output_size(shape[1:], kernel, stride, (0, 0)))
-        elif isinstance(layer, nn.Flatten):
-            need_identity("Flatten")
-            if layer.start_dim != 1 or layer.end_dim != -1:
-                raise UnsupportedLayerError("Flatten must flatten all non-batch dimensions (start_dim=1)")
-            if len(shape) > 1:
-                per_channel = int(torch.tensor(shape[1:]).prod())
-                scale, shift = scale.repeat_interleave(per_channel), shift.repeat_interleave(per_channel)
-                shape = (int(torch.tensor(shape).prod()),)
-                ops.append(_Flatten())
-    if open_layer is None:
-        raise UnsupportedLayerError("the network must end with a Linear (or Conv2d) layer producing the logits")
-    ops.append(open_layer)
-    return ops
 
 
 # -- any torch.fx-traceable network (residual networks included) -------------------------------------
@@ -295,6 +155,13 @@ _SUPPORTED_TEXT = ("supported are linear maps (Linear, Conv2d, BatchNorm1d/2d, A
                    "the output of a ReLU")
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, keeping this project's ReLU-side modules (:mod:`ttfs.relu`) whole."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (RegionBias, SignedMaxPool2d)) or super().is_leaf_module(m, qualname)
+
+
 def _node_text(node: fx.Node) -> str:
     target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
     return f"node {node.name!r} ({node.op} {target})"
@@ -309,7 +176,7 @@ class _GraphFolder:
 
     def __init__(self, model: nn.Module, in_shape: tuple[int, ...], p: Tensor, q: Tensor, input_delta: float):
         try:
-            self.module = fx.symbolic_trace(model)
+            self.module = fx.GraphModule(model, _Tracer().trace(model))
         except Exception as e:  # tracing runs arbitrary user code: any error means "not traceable"
             raise UnsupportedLayerError(
                 f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {e}); convert needs a "
@@ -422,7 +289,8 @@ class _GraphFolder:
                 kappa = kappa * _f64(m.weight)
             beta = torch.zeros_like(kappa) if m.bias is None else _f64(m.bias)
             if kappa.shape[0] != value.shape[0] or len(value.shape) != (3 if isinstance(m, nn.BatchNorm2d) else 1):
-                raise _refuse(node, f"{type(m).__name__}({kappa.shape[0]}) does not match the carried shape {value.shape}")
+                raise _refuse(node, f"{type(m).__name__}({kappa.shape[0]}) does not match the carried shape "
+                                    f"{value.shape}")
             return self._channel_affine(node, value, kappa, beta - _f64(m.running_mean) * kappa)
         if isinstance(m, nn.AvgPool2d):
             return self._avgpool(node, value, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.divisor_override)
@@ -430,6 +298,13 @@ class _GraphFolder:
             return self._adaptive(node, value, m.output_size)
         if isinstance(m, nn.MaxPool2d):
             return self._maxpool(node, value, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+        if isinstance(m, SignedMaxPool2d):  # s * maxpool(s * a): the pool sign of channel c is sign(s_c * scale_c)
+            return self._maxpool(node, value, m.kernel_size, m.stride, flip=_f64(m.sign).reshape(-1))
+        if isinstance(m, RegionBias):  # a per-position bias (the reverse mapping's 'same'-padding regions)
+            if len(value.shape) != 3 or tuple(m.region_index.shape) != value.shape[1:]:
+                raise _refuse(node, f"RegionBias of map {tuple(m.region_index.shape)} on the carried shape "
+                                    f"{value.shape}")
+            return _Value(value.terms, value.const + _f64(m.bias)[:, m.region_index.cpu()])
         if isinstance(m, nn.Flatten):
             if m.start_dim != 1 or m.end_dim != -1:
                 raise _refuse(node, "Flatten must flatten all non-batch dimensions (start_dim=1)")
@@ -494,7 +369,7 @@ class _GraphFolder:
                  "adaptive_avg_pool2d": ("output_size",)}[name]
         a = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False,
              "count_include_pad": True, "divisor_override": None}
-        a.update(zip(names, node.args[1:]))
+        a.update(zip(names, node.args[1:], strict=False))  # trailing arguments may be left to their defaults
         a.update(node.kwargs)
         if name == "adaptive_avg_pool2d":
             return self._adaptive(node, value, a["output_size"])
@@ -535,14 +410,18 @@ class _GraphFolder:
         terms = tuple(t if t.scale is None else replace(t, scale=t.scale.repeat_interleave(per_channel)) for t in terms)
         return _Value(terms, value.const.reshape(-1))
 
-    def _maxpool(self, node, value: _Value, kernel, stride=None, padding=0, dilation=1, ceil_mode=False) -> _Value:
+    def _maxpool(self, node, value: _Value, kernel, stride=None, padding=0, dilation=1, ceil_mode=False,
+                 flip: Tensor | None = None) -> _Value:
         if _pair(dilation) != (1, 1) or ceil_mode:
             raise _refuse(node, "max-pooling needs dilation=1, ceil_mode=False")
         kernel, padding = _pair(kernel), _pair(padding)
         stride = _pair(stride) if stride else kernel
-        if len(value.terms) != 1 or value.terms[0].weight is not None:
+        if len(value.terms) != 1:
             raise _refuse(node, "max-pooling must act on the output of one ReLU (optionally batch-normed): the max "
-                                "of a sum or of a pre-activation is not a spike-time operation")
+                                "of a sum is not a spike-time operation")
+        if value.terms[0].weight is not None:
+            raise _refuse(node, "MaxPool2d between a Linear/Conv2d and its ReLU has no spiking counterpart; place it "
+                                "after the ReLU (max-pooling must act on the output of one ReLU)")
         term = value.terms[0]
         if any(isinstance(op, (_AvgPool, _Flatten)) for op in term.route) or len(value.shape) != 3:
             raise _refuse(node, "max-pooling after average pooling or flatten is not a spike-time operation")
@@ -551,6 +430,8 @@ class _GraphFolder:
             raise _refuse(node, "max-pooling of a position-dependent shift has no spike-time counterpart")
         sign = torch.ones(value.shape[0], dtype=torch.float64) if term.scale is None else \
             torch.where(term.scale < 0, -1.0, 1.0).double()
+        if flip is not None:
+            sign = sign * torch.where(flip < 0, -1.0, 1.0).double()
         pooled = F.max_pool2d(const[None], kernel, stride, padding)[0]  # constant per channel: any pool keeps it
         return _Value((replace(term, route=term.route + (_Pool(kernel, stride, sign, padding),),
                                shape=tuple(pooled.shape)),), pooled)
@@ -586,12 +467,14 @@ class _GraphFolder:
 
     def _route_shape(self, term: _Term) -> tuple[int, ...]:
         """Shape entering the weight of ``term``: its source's output shape through its route."""
-        shape = self.in_shape if term.source == 0 else [op for op in self.ops if isinstance(op, _Neurons)][term.source - 1].out_shape
+        neurons = [op for op in self.ops if isinstance(op, _Neurons)]
+        shape = self.in_shape if term.source == 0 else neurons[term.source - 1].out_shape
         for op in term.route:
             if isinstance(op, _Flatten):
                 shape = (math.prod(shape),)
             else:
-                shape = (shape[0], *conv_output_size(shape[1:], op.kernel_size, op.stride, getattr(op, "padding", (0, 0))))
+                padding = getattr(op, "padding", (0, 0))  # average pools have none
+                shape = (shape[0], *conv_output_size(shape[1:], op.kernel_size, op.stride, padding))
         return tuple(shape)
 
 
@@ -604,8 +487,12 @@ def _region_bias(const: Tensor) -> tuple[Tensor, Tensor | None]:
     return columns.t().contiguous(), index.reshape(const.shape[1:])
 
 
-def fold_graph(model: nn.Module, in_shape: tuple[int, ...], p: Tensor, q: Tensor, input_delta: float = 1.0) -> list:
-    """:func:`fold` for any module torch.fx can trace: the same chain of ops, with delayed input groups.
+def fold(model: nn.Module, in_shape: tuple[int, ...], p: Tensor, q: Tensor, input_delta: float = 1.0) -> list:
+    """Trace the ReLU network with torch.fx and fold every affine map into neuron layers (float64).
+
+    Returns the chain of ops :func:`_build` turns into an SNN: neuron layers (with delayed input groups
+    in a residual network), min-time pools, average pools and flattens. ``p``/``q`` are per input
+    channel; the input range is folded into the first layer's weights and biases (SPEC 3.3).
 
     Every value of the graph is kept as an affine function of earlier neuron layers' activations (a sum
     of terms, each a routed and scaled activation through at most one Linear/Conv2d, plus a constant
@@ -750,8 +637,7 @@ def convert(
     was_training = model.training
     model.eval()
     try:
-        ops = fold(model, in_shape, p, q, input_delta) if _is_chain(model) else fold_graph(model, in_shape, p, q,
-                                                                                            input_delta)
+        ops = fold(model, in_shape, p, q, input_delta)
     finally:
         model.train(was_training)
     if parameterisation == "alpha1":

@@ -225,7 +225,8 @@ def _route_layer(layer: nn.Module, where: str, shape: tuple[int, ...]) -> tuple[
         raise ValueError(f"{where}: pooling needs a (channels, h, w) input, got {shape}")
     kernel, stride = layer.kernel_size, layer.stride
     padding = layer.padding if isinstance(layer, MinTimePool2d) else (0, 0)
-    out = (shape[0], *((s + 2 * p - k) // st + 1 for s, k, st, p in zip(shape[1:], kernel, stride, padding, strict=True)))
+    out = (shape[0], *((s + 2 * p - k) // st + 1
+                       for s, k, st, p in zip(shape[1:], kernel, stride, padding, strict=True)))
     spec: dict[str, Any] = {"kind": "pool" if isinstance(layer, MinTimePool2d) else "avgpool",
                             "in_shape": list(shape), "out_shape": list(out), "kernel": list(kernel),
                             "stride": list(stride)}
@@ -542,7 +543,8 @@ class _Plan:
                 group["trainable"].fail(f"expected true or false, got {_show(group['trainable'].value)}")
             if kind == "scale":
                 if shape != out_shape:
-                    group["in_shape"].fail(f"is {list(shape)}; a scale group maps it onto the layer's {list(out_shape)}")
+                    group["in_shape"].fail(f"is {list(shape)}; a scale group maps it onto the layer's "
+                                           f"{list(out_shape)}")
                 weight_shape: tuple[int, ...] = (shape[0],)
             elif kind == "dense":
                 if len(shape) != 1 or len(out_shape) != 1:
@@ -550,7 +552,8 @@ class _Plan:
                 weight_shape = (out_shape[0], shape[0])
             else:
                 if _geometry(group, "conv2d", shape, out_shape, 2) != out_shape:
-                    group["kernel"].fail(f"the group's geometry does not map {list(shape)} onto the layer's {list(out_shape)}")
+                    group["kernel"].fail(f"the group's geometry does not map {list(shape)} onto the layer's "
+                                         f"{list(out_shape)}")
                 weight_shape = (out_shape[0], shape[0] // self._groups(group, shape[0], out_shape[0]),
                                 *group["kernel"].pair(1))
             self._add(group["weight"], weight_shape)
@@ -816,7 +819,8 @@ def _check_values(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> Non
         if spec["kind"] not in _NEURON_KINDS:
             continue
         named = [(key, spec[key]) for key in ("weight", "bias", "theta", "B")]
-        named += [(f"inputs[{k}].weight", g["weight"]) for k, g in enumerate(spec.get("inputs", ()) if meta["version"] >= 2 else ())]
+        groups = spec.get("inputs", ()) if meta["version"] >= 2 else ()
+        named += [(f"inputs[{k}].weight", g["weight"]) for k, g in enumerate(groups)]
         for key, name in named:
             bad = np.count_nonzero(~np.isfinite(arrays[name]))
             if bad:

@@ -392,8 +392,10 @@ class InputGroup(nn.Module):
         return self.integrate(t_max_source - self.route(t_source))
 
     def extra_repr(self) -> str:
-        geometry = f", stride={self.stride}, padding={self.padding}, groups={self.groups}" if self.kind == "conv2d" else ""
-        return f"source={self.source}, {self.kind}, weight={tuple(self.weight.shape)}{geometry}, trainable={self.trainable}"
+        conv = self.kind == "conv2d"
+        geometry = f", stride={self.stride}, padding={self.padding}, groups={self.groups}" if conv else ""
+        return (f"source={self.source}, {self.kind}, weight={tuple(self.weight.shape)}{geometry}, "
+                f"trainable={self.trainable}")
 
 
 class InputEncoder(nn.Module):

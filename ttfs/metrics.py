@@ -49,7 +49,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import InputGroup, MeanTimePool2d, MinTimePool2d, SpikingConv2d, SpikingLinear, SpikingNeurons, conv_padding
+from .layers import (
+    InputGroup,
+    MeanTimePool2d,
+    MinTimePool2d,
+    SpikingConv2d,
+    SpikingLinear,
+    SpikingNeurons,
+    conv_padding,
+)
 from .network import SNN, SpikeRecord
 
 __all__ = [
@@ -335,7 +343,8 @@ def spike_statistics(snn: SNN, batches, split: str | None = None) -> dict:
     ``spikes_per_layer`` (totals over all samples), ``spikes_per_neuron`` and
     ``spikes_per_neuron_per_layer``, ``causality_violations`` (+ ``_per_layer``; spikes before their
     window), ``early_arrivals`` (delayed input-group spikes arriving before their receiving layer
-    integrates, :meth:`ttfs.SpikeRecord.early_arrivals`; 0 for a chain), ``phase1_spikes`` (+ ``_per_layer``; alpha1 threshold crossings before t_min, 0 for B1),
+    integrates, :meth:`ttfs.SpikeRecord.early_arrivals`; 0 for a chain), ``phase1_spikes`` (+
+    ``_per_layer``; alpha1 threshold crossings before t_min, 0 for B1),
     ``clipped_inputs`` (total), ``input_spikes`` (total) and ``input_spikes_per_unit``,
     ``synops_total``, ``synops_per_sample`` and ``synops_per_layer`` (SPEC 6: every spike times the
     fan-out of its neuron; per sample, by source hidden layer), ``input_synops_total`` and
