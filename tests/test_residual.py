@@ -544,3 +544,29 @@ def test_tightened_windows_hold_every_input_entering_them():
     peaks = [float(a.max()) for a in record.activations()]
     assert float(snn.deltas[2]) == float(torch.tensor(max(peaks[0], peaks[1])).float())  # quantiles in float32
     assert int(record.early_arrivals().sum()) == 0
+
+
+def test_input_window_change_rescales_groups_that_read_the_input():
+    torch.manual_seed(9)
+
+    class InputSkip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(2, 3, 3, padding=1)
+            self.b = nn.Conv2d(3, 3, 3, padding=1)
+            self.skip = nn.Conv2d(2, 3, 1)
+            self.head = nn.Linear(3 * 6 * 6, 4)
+
+        def forward(self, x):
+            h = F.relu(self.a(x))
+            return self.head(F.relu(self.b(h) + self.skip(x)).flatten(1))
+
+    x = torch.rand(16, 2, 6, 6, dtype=F64)
+    snn, _ = assert_exact(InputSkip(), x)
+    assert [g.source for g in groups_of(snn)] == [0]
+    with torch.no_grad():
+        before = snn(x)
+        ttfs.constraints.set_input_window(snn, 0.25)
+        after = snn.run(x)
+    assert rel_diff(after.logits, before) <= 1e-12
+    assert int(after.early_arrivals().sum()) == 0 and int(after.causality_violations().sum()) == 0

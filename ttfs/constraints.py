@@ -177,17 +177,22 @@ def constrain_spike_times(snn: SNN, jitter: float = 0.0, time_steps: int | None 
 
 
 def set_input_window(snn: SNN, delta0: float) -> None:
-    """Change Delta^(0) and rescale the first layer's weights so the network function is unchanged."""
+    """Change Delta^(0) and rescale the first layer's weights so the network function is unchanged.
+
+    Input groups that read the input spikes (a skip connection from the input, source 0) are rescaled too.
+    """
     if delta0 <= 0:
         raise ValueError(f"input window must be positive, got {delta0}")
     first = snn.neuron_layers[0]
     if first.parameterisation != "b1":
         raise ValueError("input-window rescaling is defined for B1 networks")
+    readers = [first, *(g for layer in snn.neuron_layers for g in layer.input_groups if g.source == 0)]
     with torch.no_grad():
         ratio = snn.deltas[0] / delta0
-        weight = first.weight if not parametrize.is_parametrized(first, "weight") else \
-            first.parametrizations.weight.original
-        weight.mul_(ratio)
+        for synapses in readers:
+            weight = synapses.weight if not parametrize.is_parametrized(synapses, "weight") else \
+                synapses.parametrizations.weight.original
+            weight.mul_(ratio)
         snn.deltas[0] = delta0
 
 
