@@ -570,3 +570,16 @@ def test_input_window_change_rescales_groups_that_read_the_input():
         after = snn.run(x)
     assert rel_diff(after.logits, before) <= 1e-12
     assert int(after.early_arrivals().sum()) == 0 and int(after.causality_violations().sum()) == 0
+
+
+def test_layer_jacobians_of_a_chain_with_average_pooling_are_the_relu_ones():
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8, 5),
+                          nn.ReLU(), nn.Linear(5, 3)).double()
+    x = torch.rand(3, 1, 4, 4, dtype=F64)
+    snn, _ = assert_exact(model, x)
+    jacobians = ttfs.jacobian.layer_jacobians(snn, x)
+    h = model[1](model[0](x))
+    for i in range(3):  # d relu(W2 avgpool(h)) / d h of the ReLU network, per sample
+        expected = torch.autograd.functional.jacobian(lambda a: model[5](model[4](model[3](model[2](a)))), h[i:i + 1])
+        assert torch.allclose(jacobians[1][i], expected.reshape(5, -1), rtol=0, atol=1e-12)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from .alpha1 import ROW_SUM_BOUNDS, bound_row_sums
 from .convert import convert
-from .layers import InputEncoder, MinTimePool2d, SpikingLinear, SpikingNeurons
+from .layers import InputEncoder, MeanTimePool2d, MinTimePool2d, SpikingLinear, SpikingNeurons
 from .network import SNN
 
 INITS = ("b1", "alpha1_standard", "alpha1_smart")
@@ -120,6 +120,12 @@ def layer_jacobians(snn: SNN, z: Tensor, include_readout: bool = False) -> list[
             n += 1
         elif isinstance(layer, MinTimePool2d):
             sel = pool_jacobian(layer, t)
+            pre = sel if pre is None else sel @ pre
+            t = layer(t)
+        elif isinstance(layer, MeanTimePool2d):  # linear: the same averaging matrix for every sample
+            numel = t[0].numel()
+            basis = torch.eye(numel, dtype=t.dtype, device=t.device).reshape(numel, *t.shape[1:])
+            sel = layer(basis).reshape(numel, -1).t().expand(batch, -1, -1)
             pre = sel if pre is None else sel @ pre
             t = layer(t)
         elif isinstance(layer, nn.Flatten):
