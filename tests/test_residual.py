@@ -583,3 +583,34 @@ def test_layer_jacobians_of_a_chain_with_average_pooling_are_the_relu_ones():
     for i in range(3):  # d relu(W2 avgpool(h)) / d h of the ReLU network, per sample
         expected = torch.autograd.functional.jacobian(lambda a: model[5](model[4](model[3](model[2](a)))), h[i:i + 1])
         assert torch.allclose(jacobians[1][i], expected.reshape(5, -1), rtol=0, atol=1e-12)
+
+
+def test_lean_step_equals_run_for_chains_with_padded_max_pool_and_average_pool():
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(3, 4, 3, padding=1),
+                          nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 2 * 2, 3)).double()
+    x = torch.rand(8, 1, 8, 8, dtype=F64)
+    snn, _ = assert_exact(model, x)
+    assert snn.lean
+    step = snn.forward_train(x, activations=True)
+    record = snn.run(x)
+    assert torch.equal(step.logits, record.logits)
+    assert all(torch.equal(a, b) for a, b in zip(step.activations, record.activations(), strict=True))
+
+
+def test_adaptive_windows_take_every_input_entering_a_window():
+    torch.manual_seed(12)
+    x = torch.rand(16, 1, 8, 8, dtype=F64)
+    snn, _ = assert_exact(TrainableResidual(), x)
+    with torch.no_grad():
+        snn.deltas[1:] = 1e-3  # too narrow for everything: every window must grow
+        record = snn.run(x)
+    peaks = [float(a.max()) for a in record.activations()]
+    snn.adapt_windows(record, kappa=10.0)
+    assert snn.window_sources() == [[1], [1, 2], [3]]
+    expected = [10 * peaks[0], 10 * max(peaks[0], peaks[1]), 10 * peaks[2]]
+    assert snn.deltas[1:].tolist() == pytest.approx(expected, rel=1e-12)
+    with torch.no_grad():
+        after = snn.run(x)
+    assert int(after.early_arrivals().sum()) == 0 and int(after.causality_violations().sum()) == 0
+    assert int(record.early_arrivals().sum()) > 0  # before: layer 1's spikes reached layer 3 before it integrated
