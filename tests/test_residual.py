@@ -96,8 +96,10 @@ def assert_exact(model: nn.Module, x: torch.Tensor, **kw) -> tuple[ttfs.SNN, flo
     with torch.no_grad():
         reference = model(x)
         record = snn.run(x)
+        back = ttfs.to_relu(snn)(x)  # the reverse mapping (a ResidualReLU for a network with input groups)
     diff = rel_diff(record.logits, reference)
     assert diff <= 1e-9
+    assert rel_diff(back, reference) <= 1e-9
     assert torch.equal(record.logits.argmax(1), reference.argmax(1))
     assert int(record.causality_violations().sum()) == 0
     assert int(record.early_arrivals().sum()) == 0
@@ -508,17 +510,18 @@ def test_residual_training_follows_the_relu_trajectory():
     assert int(record.causality_violations().sum()) == 0 and int(record.early_arrivals().sum()) == 0
 
 
-def test_chains_with_average_pooling_and_grouped_convolutions_map_back_to_relu():
+def test_reverse_mapping_of_chains_and_residual_networks():
     torch.manual_seed(6)
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(4, 4, 3, groups=2),
                           nn.ReLU(), nn.MaxPool2d(3, 1, 1), nn.Flatten(), nn.Linear(4 * 2 * 2, 3)).double()
     x = torch.rand(16, 2, 8, 8, dtype=F64)
-    snn, _ = assert_exact(model, x)
-    with torch.no_grad():
-        assert rel_diff(ttfs.to_relu(snn)(x), model(x)) <= 1e-9
-        residual, _ = assert_exact(TrainableResidual(), torch.rand(4, 1, 8, 8, dtype=F64))
-    with pytest.raises(ValueError, match="input groups"):
-        ttfs.to_relu(residual)
+    snn, _ = assert_exact(model, x)  # includes to_relu(snn)(x) == model(x)
+    assert isinstance(ttfs.to_relu(snn), nn.Sequential)
+    residual, _ = assert_exact(TrainableResidual(), torch.rand(4, 1, 8, 8, dtype=F64))
+    back = ttfs.to_relu(residual)
+    assert isinstance(back, ttfs.relu.ResidualReLU)
+    assert [stage.sources for stage in back.stages] == [[], [1], [1], []]
+    assert sum(p.numel() for p in back.parameters()) == sum(p.numel() for p in residual.parameters())
     with pytest.raises(ValueError, match="input groups"):
         ttfs.jacobian.layer_jacobians(residual, torch.rand(2, 1, 8, 8, dtype=F64))
 

@@ -32,7 +32,7 @@ from .layers import (
     conv_padding,
 )
 from .network import SNN
-from .relu import InputRange, RegionBias, SignedMaxPool2d
+from .relu import ChannelScale, InputRange, RegionBias, ReLUStage, ResidualReLU, SignedMaxPool2d
 
 SUPPORTED_LAYERS = (
     nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
@@ -660,52 +660,81 @@ def convert(
     return snn.to(device=device, dtype=dtype)
 
 
-def to_relu(snn: SNN) -> nn.Sequential:
+def to_relu(snn: SNN) -> nn.Module:
     """Reverse mapping: a torch ReLU network computing exactly what ``snn`` computes on raw inputs.
 
-    Chains only: a network with input groups (skip connections) has no nn.Sequential equivalent (compare it
-    with the ReLU network it was converted from).
+    A chain gives an ``nn.Sequential``; a network with input groups (skip connections) a
+    :class:`ttfs.relu.ResidualReLU`, which adds every group's synapses (``nn.Conv2d``/``nn.Linear`` without
+    bias, or :class:`ttfs.relu.ChannelScale` for an identity shortcut) applied to the activations of the
+    group's source layer, routed through the ReLU-side pooling.
     """
-    if snn.residual:
-        raise ValueError("to_relu builds an nn.Sequential chain; this SNN has input groups (skip connections): "
-                         "compare it with the ReLU network it was converted from")
-    modules: list[nn.Module] = [InputRange(snn.encoder.p, snn.encoder.q, float(snn.deltas[0]))]
+    input_range = InputRange(snn.encoder.p, snn.encoder.q, float(snn.deltas[0]))
     relu_params = snn.relu_parameters()
+    stages: list[ReLUStage] = []
+    route: list[nn.Module] = []
     n = 0
-    last = len(snn.layers) - 1
-    for i, layer in enumerate(snn.layers):
-        if isinstance(layer, SpikingNeurons):
-            w, b = relu_params[n]
-            n += 1
-            if isinstance(layer, SpikingConv2d):
-                has_regions = layer.region_index is not None
-                conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                                 layer.padding, bias=not has_regions, groups=layer.groups)
-                conv = conv.to(dtype=w.dtype, device=w.device)
-                with torch.no_grad():
-                    conv.weight.copy_(w)
-                    if not has_regions:
-                        conv.bias.copy_(b[:, 0])
-                modules.append(conv)
-                if has_regions:
-                    modules.append(RegionBias(b, layer.region_index))
-            else:
-                linear = nn.Linear(layer.in_features, layer.out_features).to(dtype=w.dtype, device=w.device)
-                with torch.no_grad():
-                    linear.weight.copy_(w)
-                    linear.bias.copy_(b[:, 0])
-                modules.append(linear)
-            if i != last:
-                modules.append(nn.ReLU())
-        elif isinstance(layer, MinTimePool2d):
-            if layer.padding != (0, 0) and layer.sign is not None:
-                raise ValueError("to_relu has no module for a padded max-pool with flipped channels")
-            if layer.sign is None:
-                modules.append(nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding))
-            else:
-                modules.append(SignedMaxPool2d(layer.kernel_size, layer.stride, layer.sign.reshape(-1)))
-        elif isinstance(layer, MeanTimePool2d):
-            modules.append(nn.AvgPool2d(layer.kernel_size, layer.stride))
-        else:
-            modules.append(layer)
-    return nn.Sequential(*modules).to(device=snn.deltas.device, dtype=snn.deltas.dtype)
+    for layer in snn.layers:
+        if not isinstance(layer, SpikingNeurons):
+            route.append(_relu_route(layer))
+            continue
+        w, b = relu_params[n]
+        n += 1
+        groups = [(g.source, nn.Sequential(*[_relu_route(m) for m in g.route]), _relu_group(g))
+                  for g in layer.input_groups]
+        stages.append(ReLUStage(nn.Sequential(*route), _relu_synapses(layer, w, b), groups,
+                                relu=n < len(relu_params)))
+        route = []
+    if not snn.residual:
+        modules: list[nn.Module] = [input_range]
+        for stage in stages:
+            modules += [*stage.route, *stage.synapses] + ([nn.ReLU()] if stage.relu else [])
+        return nn.Sequential(*modules).to(device=snn.deltas.device, dtype=snn.deltas.dtype)
+    return ResidualReLU(input_range, stages).to(device=snn.deltas.device, dtype=snn.deltas.dtype)
+
+
+def _relu_synapses(layer: SpikingNeurons, w: Tensor, b: Tensor) -> nn.Sequential:
+    """The Linear/Conv2d (with RegionBias where the bias has regions) of a neuron layer's own weights."""
+    if isinstance(layer, SpikingConv2d):
+        has_regions = layer.region_index is not None
+        conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                         layer.padding, bias=not has_regions, groups=layer.groups)
+        conv = conv.to(dtype=w.dtype, device=w.device)
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            if not has_regions:
+                conv.bias.copy_(b[:, 0])
+        return nn.Sequential(conv, RegionBias(b, layer.region_index)) if has_regions else nn.Sequential(conv)
+    linear = nn.Linear(layer.in_features, layer.out_features).to(dtype=w.dtype, device=w.device)
+    with torch.no_grad():
+        linear.weight.copy_(w)
+        linear.bias.copy_(b[:, 0])
+    return nn.Sequential(linear)
+
+
+def _relu_group(group: InputGroup) -> nn.Module:
+    """The bias-free synapses of an input group as a torch module (B1: the weights are the ReLU weights)."""
+    w = group.weight.detach()
+    if group.kind == "scale":
+        return ChannelScale(w)
+    if group.kind == "dense":
+        module: nn.Module = nn.Linear(w.shape[1], w.shape[0], bias=False)
+    else:
+        module = nn.Conv2d(w.shape[1] * group.groups, w.shape[0], tuple(w.shape[2:]), group.stride, group.padding,
+                           groups=group.groups, bias=False)
+    module = module.to(dtype=w.dtype, device=w.device)
+    with torch.no_grad():
+        module.weight.copy_(w)
+    return module
+
+
+def _relu_route(layer: nn.Module) -> nn.Module:
+    """The ReLU-side module of a spike-time pooling or flatten module."""
+    if isinstance(layer, MinTimePool2d):
+        if layer.padding != (0, 0) and layer.sign is not None:
+            raise ValueError("to_relu has no module for a padded max-pool with flipped channels")
+        if layer.sign is None:
+            return nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
+        return SignedMaxPool2d(layer.kernel_size, layer.stride, layer.sign.reshape(-1))
+    if isinstance(layer, MeanTimePool2d):
+        return nn.AvgPool2d(layer.kernel_size, layer.stride)
+    return layer
