@@ -590,8 +590,9 @@ def test_layer_jacobians_of_a_chain_with_average_pooling_are_the_relu_ones():
 
 def test_lean_step_equals_run_for_chains_with_padded_max_pool_and_average_pool():
     torch.manual_seed(11)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(3, 4, 3, padding=1),
-                          nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 2 * 2, 3)).double()
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                          nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                          nn.Linear(4 * 2 * 2, 3)).double()
     x = torch.rand(8, 1, 8, 8, dtype=F64)
     snn, _ = assert_exact(model, x)
     assert snn.lean
