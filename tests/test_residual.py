@@ -618,3 +618,40 @@ def test_adaptive_windows_take_every_input_entering_a_window():
         after = snn.run(x)
     assert int(after.early_arrivals().sum()) == 0 and int(after.causality_violations().sum()) == 0
     assert int(record.early_arrivals().sum()) > 0  # before: layer 1's spikes reached layer 3 before it integrated
+
+
+def test_zoo_resnet_goes_through_the_pipelines_building_blocks(tmp_path):
+    """pretrain (fit) -> model file -> convert -> SNN file -> fine-tune (fit) -> the evaluate stage's checks."""
+    from pipeline import artifacts
+    from pipeline.params import FinetuneParams, PretrainParams
+    from pipeline.training import fit
+
+    class Run:
+        resumed, run_id = True, "stub"
+
+        def log_metrics(self, values, step=0):
+            pass
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(3, (64,), generator=g)
+    x = torch.rand(64, 1, 12, 12, generator=g) * 0.3 + y.float().reshape(-1, 1, 1, 1) / 3
+    torch.manual_seed(0)
+    relu = ttfs.create_model("resnet_small", in_shape=(1, 12, 12), num_classes=3, width_multiplier=0.25)
+    pre = PretrainParams(epochs=1, batch_size=8, lr=1e-2, chance_margin=None)
+    fit(relu, TensorBatches(x, y, 8), TensorBatches(x, y, 32, shuffle=False), pre, tmp_path / "r.pt", None, Run(), "r")
+    relu.eval()
+    artifacts.save_relu(tmp_path / "relu.pt", relu, {})
+    relu, _ = artifacts.load_relu(tmp_path / "relu.pt")
+    snn = ttfs.convert(relu, x)
+    artifacts.save_snn(tmp_path / "snn.pt", snn, {})
+    snn, _ = artifacts.load_snn(tmp_path / "snn.pt")
+    report = ttfs.metrics.compare_to_relu(relu, snn, (x, y))
+    assert report["agreement"] == 1.0 and report["max_rel_logit_diff"] <= 1e-4  # float32, SPEC 3.4
+    assert report["causality_violations"] == 0 and report["early_arrivals"] == 0
+    fine = FinetuneParams(epochs=1, batch_size=8, lr=1e-3, chance_margin=None)
+    fit(snn, TensorBatches(x, y, 8), TensorBatches(x, y, 32, shuffle=False), fine, tmp_path / "s.pt", None, Run(), "s")
+    equivalent = ttfs.metrics.compare_to_relu(ttfs.to_relu(snn), snn, (x, y))
+    assert equivalent["agreement"] == 1.0 and equivalent["max_rel_logit_diff"] <= 1e-4
+    stats = ttfs.metrics.spike_statistics(snn, x)
+    energy = ttfs.metrics.energy_estimate(stats, ttfs.metrics.macs(snn))
+    assert stats["synops_per_sample"] > 0 and energy["ratio"] > 0
