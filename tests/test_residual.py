@@ -655,3 +655,30 @@ def test_zoo_resnet_goes_through_the_pipelines_building_blocks(tmp_path):
     stats = ttfs.metrics.spike_statistics(snn, x)
     energy = ttfs.metrics.energy_estimate(stats, ttfs.metrics.macs(snn))
     assert stats["synops_per_sample"] > 0 and energy["ratio"] > 0
+
+
+def test_view_flatten_and_functional_ops_of_a_hand_written_forward():
+    torch.manual_seed(13)
+
+    class Hand(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(1, 3, 3)
+            self.bn = random_bn(3)
+            self.b = nn.Linear(3 * 2 * 2, 4)
+            self.c = nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            h = F.avg_pool2d(self.bn(h), 2)  # batch norm after the ReLU, folded through the average
+            h = F.dropout(h.view(h.size(0), -1), 0.5, training=False)
+            return self.c(F.relu(self.b(h)) * 0.5)
+
+    assert_exact(Hand(), torch.rand(8, 1, 6, 6, dtype=F64))
+
+    class Reshape(Hand):
+        def forward(self, x):
+            return self.c(F.relu(self.b(torch.relu(self.a(x)).reshape(2, -1))))
+
+    with pytest.raises(ttfs.UnsupportedLayerError, match=r"node 'reshape' .*only the reshape to \(batch, -1\)"):
+        ttfs.convert(Reshape(), torch.rand(2, 1, 6, 6))

@@ -148,6 +148,8 @@ _ADD = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__iad
 _MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
 _FLATTEN = {torch.flatten, "flatten"}
 _PASS = {F.dropout, "contiguous", "clone"}
+_RESHAPE = {"view", "reshape", torch.reshape}
+_BATCH = object()  # the value of x.size(0) in a traced graph: only used to flatten with x.view(x.size(0), -1)
 
 
 _SUPPORTED_TEXT = ("supported are linear maps (Linear, Conv2d, BatchNorm1d/2d, AvgPool2d, AdaptiveAvgPool2d, "
@@ -256,6 +258,19 @@ class _GraphFolder:
             return self._flatten(node, self._arg(node, env))
         if target in _PASS:
             return self._arg(node, env)
+        if target == "size":
+            if tuple(node.args[1:]) != (0,) or node.kwargs:
+                raise _refuse(node, "only x.size(0), the batch size (to flatten with x.view(x.size(0), -1))")
+            return _BATCH
+        if target in _RESHAPE:
+            shape = node.args[1:]
+            if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+                shape = tuple(shape[0])
+            resolved = [env.get(a) if isinstance(a, fx.Node) else a for a in shape]
+            if len(resolved) != 2 or resolved[0] is not _BATCH or resolved[1] != -1:
+                raise _refuse(node, "only the reshape to (batch, -1), x.view(x.size(0), -1), is supported: it is "
+                                    "a flatten")
+            return self._flatten(node, self._arg(node, env))
         name = getattr(target, "__name__", "").lstrip("_")
         if name in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"):
             return self._functional_pool(node, self._arg(node, env), name)
