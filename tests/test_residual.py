@@ -399,6 +399,9 @@ def test_synops_count_every_groups_fan_out():
     chain_only = ttfs.metrics.fan_out(snn.neuron_layers[1], record.times[0].shape[1:])
     assert bool((fans[1] > chain_only).all())
     assert stats["early_arrivals"] == 0
+    # no max-pooling: nothing can be routed away (an average pool passes every spike on)
+    assert stats["routed_synops_total"] == stats["synops_total"]
+    assert stats["routed_input_synops_total"] == stats["input_synops_total"]
 
 
 def test_export_version2_round_trip_and_version1_still_loads(tmp_path):

@@ -33,8 +33,10 @@ Definitions (per sample unless a name says ``total``):
   forwards only the winner of each pool window (the earliest spike; the latest for channels whose
   pooling sign is flipped, which then fires only if every input of the window spiked): the sum over
   the events arriving at the next neuron layer of their fan-out into it (:func:`fan_out`). A lower
-  bound for pooled networks; equal to SynOps without pooling. Not the SPEC metric: reported under
-  its own name (``routed_synops``).
+  bound for pooled networks; equal to SynOps without pooling. Average pooling cannot be routed (a
+  mean of spike times is no spike): every spike entering an average pool is counted with its synapses.
+  Input groups are routed the same way. Not the SPEC metric: reported under its own name
+  (``routed_synops``).
 * **MACs** of the equivalent ReLU network: one multiply-accumulate per synapse, i.e. the sum of the
   fan-outs of all units into each neuron layer (zero-padding taps excluded unless
   ``include_padding``); pooling, batch norm (folded) and ReLU cost none.
@@ -252,27 +254,31 @@ class _SpikeCounter:
         self.input_spikes = 0
         self.clipped = 0
         self._unit_fan: list[Tensor] | None = None
-        self._routed_fan: list[Tensor] | None = None
+        self._routed_fan: list[tuple[int, nn.Module, Tensor]] | None = None
         self.early = 0
 
     def _count_synops(self, record: SpikeRecord) -> None:
         """SPEC SynOps (every spike x the neuron's fan-out) and routed SynOps (events reaching the next layer)."""
-        groups = [g for layer in self.layers for g in layer.input_groups]
         sources = _sources(record)
-        group_inputs = [g.route(sources[g.source]) for g in groups]
         if self._unit_fan is None:
             self._unit_fan = unit_fan_out(self.snn, record)
-            self._routed_fan = [fan_out(layer, t.shape[1:]).to(t.device)
-                                for layer, t in zip(self.layers, record.layer_inputs, strict=True)]
-            self._group_fan = [fan_out(g, t.shape[1:]).to(t.device) for g, t in zip(groups, group_inputs, strict=True)]
+            # every path into a neuron layer: the chain from layer m = n - 1, and each input group. A router
+            # can forward the winners of max-pooling only: spikes entering an average pool all travel on.
+            paths = [(m, list(modules), layer) for m, (modules, layer) in enumerate(zip(_segments(self.snn),
+                                                                                        self.layers, strict=True))]
+            paths += [(g.source, list(g.route), g) for layer in self.layers for g in layer.input_groups]
+            self._routed_fan = []
+            for m, modules, synapses in paths:
+                cut = next((i for i, module in enumerate(modules) if isinstance(module, MeanTimePool2d)), len(modules))
+                routed = nn.Sequential(*modules[:cut])
+                fan = _through(modules[cut:], synapses, routed(sources[m][:1])).to(sources[m].device)
+                self._routed_fan.append((m, routed, fan))
         b = record.boundaries
-        for m, (source, arriving) in enumerate(zip(sources, record.layer_inputs, strict=True)):
-            t_max = b[m + 1]  # silent = t_max of the source layer, also after pooling and flatten
-            self.synops[m] += int(((source < t_max) * self._unit_fan[m]).sum())
-            self.routed[m] += int(((arriving < t_max) * self._routed_fan[m]).sum())
-        for g, arriving, fan in zip(groups, group_inputs, self._group_fan, strict=True):
-            # an averaged window "arrives" if any of its spikes does (its mean is below t_max)
-            self.routed[g.source] += int(((arriving < b[g.source + 1]) * fan).sum())
+        for m, source in enumerate(sources):
+            self.synops[m] += int(((source < b[m + 1]) * self._unit_fan[m]).sum())
+        for m, routed, fan in self._routed_fan:
+            # silent = t_max of the source layer, also after max-pooling and flatten
+            self.routed[m] += int(((routed(sources[m]) < b[m + 1]) * fan).sum())
 
     def add(self, record: SpikeRecord) -> None:
         self.samples += record.logits.shape[0]
