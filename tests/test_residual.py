@@ -685,3 +685,18 @@ def test_view_flatten_and_functional_ops_of_a_hand_written_forward():
 
     with pytest.raises(ttfs.UnsupportedLayerError, match=r"node 'reshape' .*only the reshape to \(batch, -1\)"):
         ttfs.convert(Reshape(), torch.rand(2, 1, 6, 6))
+
+
+def test_float32_residual_export_round_trips():
+    torch.manual_seed(14)
+    x = torch.rand(8, 3, 16, 16)
+    snn = ttfs.convert(ResidualCNN(2).eval(), x)  # float32
+    with torch.no_grad():  # widths of very different magnitudes: float32 differences of boundaries round
+        snn.deltas[1:] = torch.tensor([0.1234567, 3333.3, 7.77, 0.0031, 1234.5, 0.9, 77.7])
+    meta, arrays = export.to_dict(snn)
+    back = export.from_dict(meta, arrays)
+    with torch.no_grad():
+        assert torch.equal(back(x), snn(x))
+    bounds = meta["windows"]["boundaries"]
+    delays = [(spec["neuron_layer"], g) for spec in meta["layers"] for g in spec.get("inputs", ())]
+    assert delays and all(g["delay"] == bounds[n] - bounds[g["source"] + 1] for n, g in delays)

@@ -254,7 +254,8 @@ def _group(group: InputGroup, k: int, n: int, i: int, source_shapes: list, out_s
         route.append(spec)
     name = f"{prefix}.inputs.{k}.weight"
     arrays[name] = _np(group.weight)
-    spec = {"source": group.source, "delay": _float(boundaries[n] - boundaries[group.source + 1]),
+    delay = _float(boundaries[n]) - _float(boundaries[group.source + 1])  # in double, as a reader computes it
+    spec = {"source": group.source, "delay": delay,
             "source_shape": list(source_shapes[group.source]), "route": route, "kind": group.kind,
             "in_shape": list(shape), "weight": name, "trainable": group.trainable}
     if group.kind == "conv2d":
