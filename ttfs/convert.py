@@ -246,7 +246,7 @@ class _GraphFolder:
             numbers = [v for v in operands if isinstance(v, (int, float)) and not isinstance(v, bool)]
             if len(values) == 1 and len(numbers) == 1 and len(operands) == 2:
                 c = torch.tensor(float(numbers[0]), dtype=torch.float64)
-                return self._channel_affine(node, values[0], c.expand(values[0].shape[0]), torch.zeros(()))
+                return self._channel_affine(values[0], c.expand(values[0].shape[0]))
             raise _refuse(node, "a multiplication of activations is not a linear map (only activation x number "
                                 "is); a TTFS neuron computes ReLU of a weighted sum")
         if target in _FLATTEN:
@@ -306,7 +306,7 @@ class _GraphFolder:
             if kappa.shape[0] != value.shape[0] or len(value.shape) != (3 if isinstance(m, nn.BatchNorm2d) else 1):
                 raise _refuse(node, f"{type(m).__name__}({kappa.shape[0]}) does not match the carried shape "
                                     f"{value.shape}")
-            return self._channel_affine(node, value, kappa, beta - _f64(m.running_mean) * kappa)
+            return self._channel_affine(value, kappa, beta - _f64(m.running_mean) * kappa)
         if isinstance(m, nn.AvgPool2d):
             return self._avgpool(node, value, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.divisor_override)
         if isinstance(m, nn.AdaptiveAvgPool2d):
@@ -355,7 +355,7 @@ class _GraphFolder:
             const = F.linear(value.const, w, b)
         return _Value(tuple(terms), const)
 
-    def _channel_affine(self, node, value: _Value, kappa: Tensor, shift: Tensor) -> _Value:
+    def _channel_affine(self, value: _Value, kappa: Tensor, shift: Tensor | None = None) -> _Value:
         """kappa * value + shift per channel (batch norm in eval mode, a multiplication by a number)."""
         view = (-1, *(1,) * (len(value.shape) - 1))
         terms = []
@@ -364,8 +364,8 @@ class _GraphFolder:
                 terms.append(replace(term, weight=term.weight * kappa.reshape(-1, *(1,) * (term.weight.ndim - 1))))
             else:
                 terms.append(replace(term, scale=kappa.clone() if term.scale is None else term.scale * kappa))
-        return _Value(tuple(terms), value.const * kappa.reshape(view) + shift.reshape(view) if shift.ndim else
-                      value.const * kappa.reshape(view))
+        const = value.const * kappa.reshape(view)
+        return _Value(tuple(terms), const if shift is None else const + shift.reshape(view))
 
     def _routed(self, node, value: _Value, op, shape, what: str) -> tuple[_Term, ...]:
         terms = []
