@@ -129,7 +129,7 @@ def test_json_contains_the_documented_fields(tmp_path) -> None:
     snn, _ = b1_conv_snn()
     export.save(snn, tmp_path)
     meta = json.loads((tmp_path / "model.json").read_text())  # valid JSON (no NaN, no torch objects)
-    assert meta["format"] == "ttfs-snn" and meta["version"] == 1 and meta["dtype"] == "float64"
+    assert meta["format"] == "ttfs-snn" and meta["version"] == 2 and meta["dtype"] == "float64"
     assert meta["parameterisation"] == "b1" and meta["arrays_file"] == "arrays.npz"
     assert set(meta["input"]) == {"in_shape", "p", "q", "t_min", "t_max", "delta"}
     assert meta["input"]["in_shape"] == [2, 8, 8]
@@ -148,7 +148,7 @@ def test_json_contains_the_documented_fields(tmp_path) -> None:
         assert spec["index"] == i
         common = {"kind", "index", "in_shape", "out_shape"}
         if spec["kind"] == "pool":
-            assert set(spec) == common | {"kernel", "stride", "sign"}
+            assert set(spec) == common | {"kernel", "stride", "padding", "sign"}
             assert set(spec["sign"]) <= {1, -1} and len(spec["sign"]) == spec["in_shape"][0]
             continue
         if spec["kind"] == "flatten":
@@ -157,9 +157,10 @@ def test_json_contains_the_documented_fields(tmp_path) -> None:
             continue
         n += 1
         neuron = common | {"neuron_layer", "role", "parameterisation", "alpha", "A", "regions", "weight", "bias",
-                           "theta", "B", "region_index", "t_min_in", "t_min", "t_max", "delta", "t_read"}
-        conv = {"kernel", "stride", "padding"} if spec["kind"] == "conv2d" else set()
+                           "theta", "B", "region_index", "t_min_in", "t_min", "t_max", "delta", "t_read", "inputs"}
+        conv = {"kernel", "stride", "padding", "groups"} if spec["kind"] == "conv2d" else set()
         assert set(spec) == neuron | conv
+        assert spec["inputs"] == []  # a chain: no delayed input groups
         assert spec["neuron_layer"] == n and spec["A"] == 0.0 and spec["parameterisation"] == "b1"
         readout = i == len(meta["layers"]) - 1
         assert spec["role"] == ("readout" if readout else "hidden")
@@ -243,10 +244,10 @@ def test_bad_json_and_header(saved) -> None:
     with pytest.raises(ValueError, match="not valid JSON"):
         export.load(saved)
     (saved / "model.json").write_text(text)
-    _edit_json(saved, lambda m: m.update(version=2))
-    with pytest.raises(ValueError, match="unsupported format version 2"):
+    _edit_json(saved, lambda m: m.update(version=3))
+    with pytest.raises(ValueError, match="unsupported format version 3"):
         export.load(saved)
-    _edit_json(saved, lambda m: m.update(version=1, format="onnx"))
+    _edit_json(saved, lambda m: m.update(version=2, format="onnx"))
     with pytest.raises(ValueError, match="format: is 'onnx'"):
         export.load(saved)
     (saved / "model.json").write_text("[1, 2]")
@@ -259,7 +260,7 @@ def test_bad_json_and_header(saved) -> None:
     [
         (lambda m: m.pop("windows"), "windows: field is missing"),
         (lambda m: m["layers"][2].pop("theta"), "layers[2].theta: field is missing"),
-        (lambda m: m["layers"][1].update(kind="avgpool"), "layers[1].kind: expected one of dense, conv2d, pool"),
+        (lambda m: m["layers"][1].update(kind="maxpool"), "layers[1].kind: expected one of dense, conv2d, pool"),
         (lambda m: m["layers"][0].update(out_shape=[4, 7, 7]), "layers[0].out_shape: is [4, 7, 7]"),
         (lambda m: m["layers"][1].update(sign=[1, 1]), "layers[1].sign: expected 4 signs"),
         (lambda m: m["layers"][5].update(role="readout"), "layers[5].role"),
@@ -540,7 +541,8 @@ def _set(path: str, value):
 
 def _flatten_to_pool(meta) -> None:
     """Replace the flatten before the dense layers by an identity pool: the dense layer gets a 3-d input."""
-    meta["layers"][4].update(kind="pool", out_shape=[3, 2, 2], kernel=[1, 1], stride=[1, 1], sign=[1, 1, 1])
+    meta["layers"][4].update(kind="pool", out_shape=[3, 2, 2], kernel=[1, 1], stride=[1, 1], padding=[0, 0],
+                            sign=[1, 1, 1])
     meta["layers"][5].update(in_shape=[3, 2, 2])
 
 
@@ -571,7 +573,8 @@ def _flatten_to_pool(meta) -> None:
         (_set("layers", {}), "layers: expected a list, got {}"),
         (_set("layers", []), "layers: expected 1 to 4096 layers, got 0"),
         (_set("layers[0]", "conv2d"), "layers[0]: expected a JSON object, got 'conv2d'"),
-        (_set("layers[0].kind", None), "layers[0].kind: expected one of dense, conv2d, pool, flatten, got None"),
+        (_set("layers[0].kind", None),
+         "layers[0].kind: expected one of dense, conv2d, pool, avgpool, flatten, got None"),
         (_set("layers[6].kind", "pool"), "layers: the last layer must be the readout (dense or conv2d)"),
         (_set("layers[0].index", 3), "layers[0].index: is 3, the layer is at position 0"),
         (_set("layers[0].in_shape", [2, 8]), "layers[0].in_shape: is [2, 8], the previous layer gives [2, 8, 8]"),

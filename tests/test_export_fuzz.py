@@ -1,7 +1,9 @@
 """Fuzzing the export reader: a mutated export is refused with a ValueError, or it loads into a network that runs.
 
-Valid exports of three small networks (b1 conv with 'same' padding, threshold regions, a negative pool
-sign and a per-channel input range; alpha1 conv + pool + dense; a float32 b1 MLP with per-feature ranges)
+Valid exports of four small networks (b1 conv with 'same' padding, threshold regions, a negative pool
+sign and a per-channel input range; alpha1 conv + pool + dense; a float32 b1 MLP with per-feature ranges;
+a residual b1 network with identity and projection input groups, a padded max-pool inside a group's
+route, average pooling and a grouped convolution)
 are changed at random. Three examples in four get hostile mutations of the JSON (deleted keys, values of
 another type, negative / zero / huge / NaN numbers, shortened or swapped lists, deep nesting, 5000-digit
 integers), of the arrays (NaN / inf / huge elements, other dtypes incl. pickled objects, other shapes,
@@ -83,7 +85,28 @@ def bases() -> dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]]:
     dense32 = ttfs.convert(mlp, torch.rand(8, 6), in_range=([0.0] * 6, [1.0] * 5 + [2.0]), dtype=torch.float32)
     assert any(m.region_index is not None for m in b1_conv.neuron_layers)
     assert any(p.sign is not None for p in b1_conv.layers if isinstance(p, ttfs.MinTimePool2d))
-    return {"b1_conv": export.to_dict(b1_conv), "alpha1": export.to_dict(alpha1), "dense32": export.to_dict(dense32)}
+    residual = ttfs.convert(_Residual().double().eval(), torch.rand(8, 2, 8, 8, dtype=torch.float64))
+    assert {g.kind for layer in residual.neuron_layers for g in layer.input_groups} == {"scale", "conv2d"}
+    return {"b1_conv": export.to_dict(b1_conv), "alpha1": export.to_dict(alpha1), "dense32": export.to_dict(dense32),
+            "residual": export.to_dict(residual)}
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(2, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+        self.c = nn.Conv2d(4, 3, 3, padding=1)
+        self.proj = nn.Conv2d(4, 3, 1, bias=False)
+        self.avg = nn.AvgPool2d(2)
+        self.head = nn.Linear(3 * 2 * 2, 3)
+
+    def forward(self, x):
+        h = self.pool(torch.relu(self.a(x)))
+        y = torch.relu(self.b(h) + h)
+        z = torch.relu(self.c(y) + self.proj(h))
+        return self.head(self.avg(z).flatten(1))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,9 +22,13 @@ SMALL = {
     "vgg16": dict(in_shape=(3, 32, 32), width_multiplier=1 / 16),
     "vgg16_mnist": dict(in_shape=(1, 28, 28), width_multiplier=1 / 16),
     "vgg16_places365": dict(in_shape=(3, 32, 32), width_multiplier=1 / 32),
+    "resnet20": dict(in_shape=(3, 16, 16), width_multiplier=1 / 4),
+    "resnet18_cifar": dict(in_shape=(3, 16, 16), width_multiplier=1 / 32),
+    "resnet_small": dict(in_shape=(1, 12, 12), width_multiplier=1 / 4, block="bottleneck"),
 }
 ALLOWED = (
     nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout,
+    zoo.BasicBlock, zoo.Bottleneck, nn.AdaptiveAvgPool2d,  # the ResNets
 )
 
 
@@ -112,7 +116,7 @@ def test_config_records_resolved_arguments():
 
 
 def affine(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
 @pytest.mark.parametrize("batch_norm", [False, True])
@@ -133,7 +137,7 @@ def test_forward_shape_layers_and_init(name, batch_norm):
         bound = math.sqrt(6.0 / (fan_in + fan_out))
         assert float(m.weight.detach().abs().max()) <= bound
         assert float(m.weight.detach().abs().max()) > 0.5 * bound  # not a narrower init
-        assert not m.bias.any()
+        assert m.bias is None or not m.bias.any()
 
 
 def conv_params(c_in: int, cfg) -> tuple[int, int]:
@@ -270,7 +274,8 @@ def test_conversion_is_exact(name, batch_norm):
     assert bool((record.logits.argmax(1) == ref.argmax(1)).all())
     assert int(record.causality_violations().sum()) == 0
     assert int(record.spikes_per_layer().sum()) > 0
-    assert len(snn.neuron_layers) == len(affine(model))
+    projections = [g for layer in snn.neuron_layers for g in layer.input_groups if g.kind == "conv2d"]
+    assert len(snn.neuron_layers) + len(projections) == len(affine(model))
 
 
 def test_vgg16_bn_before_relu_converts_exactly():

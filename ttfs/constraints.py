@@ -143,8 +143,13 @@ class FakeQuantise(nn.Module):
 
 
 def quantise_weights(snn: SNN, bits: int | None, percentile: float = 100.0) -> SNN:
-    """Fake-quantise the weights of every neuron layer in place (``bits=None`` removes it)."""
-    for layer in snn.neuron_layers:
+    """Fake-quantise the weights of every neuron layer in place (``bits=None`` removes it).
+
+    Trainable input groups (projection shortcuts) are synapses too and are quantised the same way, each
+    group with its own range; fixed identity shortcuts (buffers) are left exact.
+    """
+    groups = [g for layer in snn.neuron_layers for g in layer.input_groups if g.trainable]
+    for layer in [*snn.neuron_layers, *groups]:
         if parametrize.is_parametrized(layer, "weight"):
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
         if bits is not None:
@@ -172,17 +177,22 @@ def constrain_spike_times(snn: SNN, jitter: float = 0.0, time_steps: int | None 
 
 
 def set_input_window(snn: SNN, delta0: float) -> None:
-    """Change Delta^(0) and rescale the first layer's weights so the network function is unchanged."""
+    """Change Delta^(0) and rescale the first layer's weights so the network function is unchanged.
+
+    Input groups that read the input spikes (a skip connection from the input, source 0) are rescaled too.
+    """
     if delta0 <= 0:
         raise ValueError(f"input window must be positive, got {delta0}")
     first = snn.neuron_layers[0]
     if first.parameterisation != "b1":
         raise ValueError("input-window rescaling is defined for B1 networks")
+    readers = [first, *(g for layer in snn.neuron_layers for g in layer.input_groups if g.source == 0)]
     with torch.no_grad():
         ratio = snn.deltas[0] / delta0
-        weight = first.weight if not parametrize.is_parametrized(first, "weight") else \
-            first.parametrizations.weight.original
-        weight.mul_(ratio)
+        for synapses in readers:
+            weight = synapses.weight if not parametrize.is_parametrized(synapses, "weight") else \
+                synapses.parametrizations.weight.original
+            weight.mul_(ratio)
         snn.deltas[0] = delta0
 
 
@@ -210,10 +220,18 @@ def activation_quantiles(snn: SNN, data: Iterable | Tensor, quantile: float, bat
 
 
 def tighten_windows(snn: SNN, data: Iterable | Tensor, quantile: float = 0.999) -> None:
-    """Set every hidden window Delta^(n) to a high quantile of its activations (for K time steps)."""
+    """Set every hidden window Delta^(n) to a high quantile of its activations (for K time steps).
+
+    In a residual network a window also holds the delayed spikes of the input groups of the next layer
+    (:meth:`ttfs.SNN.window_sources`): it gets the largest of those layers' quantiles (Delta^(0) for the
+    input).
+    """
     if not 0 < quantile <= 1:
         raise ValueError(f"quantile must be in (0, 1], got {quantile}")
     widths = activation_quantiles(snn, data, quantile)
+    if snn.residual:
+        per_layer = [snn.deltas[0].to(widths.dtype), *widths.unbind()]
+        widths = torch.stack([torch.stack([per_layer[m] for m in ms]).amax() for ms in snn.window_sources()])
     with torch.no_grad():
         snn.deltas[1:] = torch.where(widths > 0, widths, snn.deltas[1:])
     if snn.spike_constraints is None:

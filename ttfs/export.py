@@ -1,9 +1,10 @@
-"""Framework-free export and import of a converted SNN (format ``ttfs-snn``, version 1).
+"""Framework-free export and import of a converted SNN (format ``ttfs-snn``, version 2; reads version 1).
 
 An exported network is a directory holding two files:
 
 * ``model.json`` -- metadata: format name and version, dtype, input encoding, the chained coding
-  windows, and the layers in execution order (``dense``, ``conv2d``, ``pool``, ``flatten``);
+  windows, and the layers in execution order (``dense``, ``conv2d``, ``pool``, ``avgpool``, ``flatten``),
+  each neuron layer with its delayed input groups (skip connections);
 * ``arrays.npz`` -- the NumPy arrays the JSON refers to by name (weights, raw trainable biases,
   physical thresholds, slopes, region maps).
 
@@ -33,11 +34,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layers import PARAMETERISATIONS, InputEncoder, MinTimePool2d, SpikingConv2d, SpikingLinear, SpikingNeurons
+from .layers import (
+    PARAMETERISATIONS,
+    SYNAPSE_KINDS,
+    InputEncoder,
+    InputGroup,
+    MeanTimePool2d,
+    MinTimePool2d,
+    SpikingConv2d,
+    SpikingLinear,
+    SpikingNeurons,
+)
 from .network import SNN
 
 FORMAT_NAME = "ttfs-snn"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)  # version 1: chains only (no input groups, avgpool, conv groups, pool padding)
 META_FILE = "model.json"
 ARRAYS_FILE = "arrays.npz"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -77,24 +89,21 @@ def to_dict(snn: SNN) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     shape = in_shape
     n = 0  # neuron layer number, 1-based
     last = len(snn.layers) - 1
+    source_shapes = [in_shape]  # spike-time shape of layer m = 0 (input), 1, ...: what input groups read
     with torch.no_grad():
         for i, layer in enumerate(snn.layers):
             prefix = f"layers.{i}"
             if isinstance(layer, SpikingNeurons):
                 n += 1
                 spec, shape = _neuron_layer(layer, i, n, i == last, shape, boundaries, deltas, arrays, prefix)
-            elif isinstance(layer, MinTimePool2d):
-                spec, shape = _pool_layer(layer, i, shape)
-            elif isinstance(layer, nn.Flatten):
-                if layer.start_dim != 1 or layer.end_dim != -1:
-                    raise ValueError(f"layer {i}: only Flatten(start_dim=1, end_dim=-1) can be exported")
-                out = (math.prod(shape),)
-                spec = {"kind": "flatten", "index": i, "in_shape": list(shape), "out_shape": list(out)}
-                shape = out
+                spec["inputs"] = [
+                    _group(group, k, n, i, source_shapes, spec["out_shape"], boundaries, arrays, prefix)
+                    for k, group in enumerate(layer.input_groups)
+                ]
+                source_shapes.append(shape)
             else:
-                raise ValueError(
-                    f"layer {i} ({type(layer).__name__}) has no representation in the {FORMAT_NAME} format"
-                )
+                spec, shape = _route_layer(layer, f"layer {i}", shape)
+                spec = {"kind": spec.pop("kind"), "index": i, **spec}
             layers.append(spec)
     meta: dict[str, Any] = {
         "format": FORMAT_NAME,
@@ -159,6 +168,7 @@ def _neuron_layer(
             "kernel": list(layer.kernel_size),
             "stride": list(layer.stride),
             "padding": list(layer.padding),
+            "groups": layer.groups,
         }
     else:
         raise ValueError(
@@ -202,29 +212,56 @@ def _neuron_layer(
     return spec, out
 
 
-def _pool_layer(
-    layer: MinTimePool2d, i: int, shape: tuple[int, ...]
-) -> tuple[dict[str, Any], tuple[int, ...]]:
+def _route_layer(layer: nn.Module, where: str, shape: tuple[int, ...]) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """A parameter-free module (pool, avgpool, flatten) of the chain or of an input group's route."""
+    if isinstance(layer, nn.Flatten):
+        if layer.start_dim != 1 or layer.end_dim != -1:
+            raise ValueError(f"{where}: only Flatten(start_dim=1, end_dim=-1) can be exported")
+        out = (math.prod(shape),)
+        return {"kind": "flatten", "in_shape": list(shape), "out_shape": list(out)}, out
+    if not isinstance(layer, (MinTimePool2d, MeanTimePool2d)):
+        raise ValueError(f"{where} ({type(layer).__name__}) has no representation in the {FORMAT_NAME} format")
     if len(shape) != 3:
-        raise ValueError(f"layer {i}: pooling needs a (channels, h, w) input, got {shape}")
+        raise ValueError(f"{where}: pooling needs a (channels, h, w) input, got {shape}")
     kernel, stride = layer.kernel_size, layer.stride
-    out = (shape[0], *((s - k) // st + 1 for s, k, st in zip(shape[1:], kernel, stride, strict=True)))
-    if layer.sign is None:
-        sign = [1] * shape[0]
-    else:
-        sign = [1 if s > 0 else -1 for s in layer.sign.detach().cpu().reshape(-1).tolist()]
-        if len(sign) != shape[0]:
-            raise ValueError(f"layer {i}: pooling sign has {len(sign)} channels, the input has {shape[0]}")
-    spec = {
-        "kind": "pool",
-        "index": i,
-        "in_shape": list(shape),
-        "out_shape": list(out),
-        "kernel": list(kernel),
-        "stride": list(stride),
-        "sign": sign,
-    }
+    padding = layer.padding if isinstance(layer, MinTimePool2d) else (0, 0)
+    out = (shape[0], *((s + 2 * p - k) // st + 1
+                       for s, k, st, p in zip(shape[1:], kernel, stride, padding, strict=True)))
+    spec: dict[str, Any] = {"kind": "pool" if isinstance(layer, MinTimePool2d) else "avgpool",
+                            "in_shape": list(shape), "out_shape": list(out), "kernel": list(kernel),
+                            "stride": list(stride)}
+    if isinstance(layer, MinTimePool2d):
+        if layer.sign is None:
+            sign = [1] * shape[0]
+        else:
+            sign = [1 if s > 0 else -1 for s in layer.sign.detach().cpu().reshape(-1).tolist()]
+            if len(sign) != shape[0]:
+                raise ValueError(f"{where}: pooling sign has {len(sign)} channels, the input has {shape[0]}")
+        spec.update(padding=list(padding), sign=sign)
     return spec, out
+
+
+def _group(group: InputGroup, k: int, n: int, i: int, source_shapes: list, out_shape: list, boundaries: torch.Tensor,
+           arrays: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
+    """An input group of neuron layer n (at position i): source, delay, route, synapses."""
+    where = f"layer {i} input group {k}"
+    if not 0 <= group.source < n:
+        raise ValueError(f"{where}: source {group.source} is not an earlier layer (0..{n - 1})")
+    shape = source_shapes[group.source]
+    route = []
+    for module in group.route:
+        spec, shape = _route_layer(module, where, shape)
+        route.append(spec)
+    name = f"{prefix}.inputs.{k}.weight"
+    arrays[name] = _np(group.weight)
+    delay = _float(boundaries[n]) - _float(boundaries[group.source + 1])  # in double, as a reader computes it
+    spec = {"source": group.source, "delay": delay,
+            "source_shape": list(source_shapes[group.source]), "route": route, "kind": group.kind,
+            "in_shape": list(shape), "weight": name, "trainable": group.trainable}
+    if group.kind == "conv2d":
+        spec.update(kernel=list(group.weight.shape[2:]), stride=list(group.stride), padding=list(group.padding),
+                    groups=group.groups)
+    return spec
 
 
 def save(snn: SNN, path: str | Path) -> Path:
@@ -253,7 +290,8 @@ _NPY_HEADER = 10_000  # NumPy's own limit on a .npy header (max_header_size)
 _MEMBER_SLACK = _NPY_HEADER + 1024  # per array: its .npy header and zip records, name excluded
 _ARCHIVE_SLACK = 1 << 17  # end-of-archive records, comment included
 _CHUNK = 1 << 20
-_KINDS = ("dense", "conv2d", "pool", "flatten")
+_KINDS = ("dense", "conv2d", "pool", "avgpool", "flatten")
+_ROUTE_KINDS = ("pool", "avgpool", "flatten")
 _NEURON_KINDS = ("dense", "conv2d")
 # what zipfile, zlib and NumPy's header parser raise on a corrupt archive
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError,
@@ -377,10 +415,12 @@ class _Plan:
         fmt, version = root["format"].value, root["version"].value
         if not isinstance(fmt, str) or fmt != FORMAT_NAME:
             root["format"].fail(f"is {_show(fmt)}, expected {FORMAT_NAME!r}")
-        if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or version not in READ_VERSIONS:
             root["version"].fail(
-                f"unsupported format version {_show(version)} (this reader supports version {FORMAT_VERSION})"
+                f"unsupported format version {_show(version)} (this reader supports versions "
+                f"{', '.join(map(str, READ_VERSIONS))})"
             )
+        self.version = version
         self.dtype = np.dtype(root["dtype"].choice(*DTYPES))
         self.limit = float(np.finfo(self.dtype).max)
         self.max_bytes = max_bytes
@@ -390,7 +430,8 @@ class _Plan:
         self.parameterisation = root["parameterisation"].choice(*PARAMETERISATIONS)
         _relative_name(root["arrays_file"])
         specs = root["layers"].entries(range(1, MAX_LAYERS + 1), "layers")
-        kinds = [spec["kind"].choice(*_KINDS) for spec in specs]
+        kinds = [spec["kind"].choice(*(_KINDS if version >= 2 else tuple(k for k in _KINDS if k != "avgpool")))
+                 for spec in specs]
         if kinds[-1] not in _NEURON_KINDS:
             root["layers"].fail("the last layer must be the readout (dense or conv2d)")
         n = sum(kind in _NEURON_KINDS for kind in kinds)
@@ -398,6 +439,8 @@ class _Plan:
             root["n_neuron_layers"].fail(f"is {root['n_neuron_layers'].value}, the layers hold {n} neuron layers")
         self._windows(root["windows"], n)
         shape = self._input(root["input"])
+        self.source_shapes = [shape]  # spike-time shapes of layers 0 (input), 1, ..., read by input groups
+        self.averaged = False  # an avgpool since the last neuron layer: no spike-time pooling may follow
         neuron = 0
         for i, (spec, kind) in enumerate(zip(specs, kinds, strict=True)):
             neuron += kind in _NEURON_KINDS
@@ -455,17 +498,75 @@ class _Plan:
         in_shape = spec["in_shape"].shape(self.max_elements)
         if in_shape != shape:
             spec["in_shape"].fail(f"is {list(in_shape)}, the previous layer gives {list(shape)}")
+        out_shape = self._route_or_neuron(spec, kind, in_shape)
+        if kind in _NEURON_KINDS:
+            self._neuron(spec, kind, n, readout, in_shape, out_shape)
+            self.averaged = False
+            self.source_shapes.append(out_shape)
+        return out_shape
+
+    def _route_or_neuron(self, spec: _Field, kind: str, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The output shape of a layer or route entry, checked against its geometry (and a pool's signs)."""
         out_shape = spec["out_shape"].shape(self.max_elements)
-        expected = _geometry(spec, kind, in_shape, out_shape)
+        expected = _geometry(spec, kind, in_shape, out_shape, self.version)
         if out_shape != expected:
             spec["out_shape"].fail(f"is {list(out_shape)}, the layer's geometry gives {list(expected)}")
         if kind == "pool":
+            if self.averaged:
+                spec["kind"].fail("max-pooling after average pooling is no spike-time operation")
             for sign in spec["sign"].entries(in_shape[0], "signs (one per channel, +1 or -1)"):
                 if sign.integer(-1, 1) == 0:
                     sign.fail("expected +1 or -1, got 0")
-        elif kind in _NEURON_KINDS:
-            self._neuron(spec, kind, n, readout, in_shape, out_shape)
+        elif kind == "avgpool":
+            self.averaged = True
         return out_shape
+
+    def _inputs(self, spec: _Field, n: int, out_shape: tuple[int, ...]) -> None:
+        """Version 2: the delayed input groups of neuron layer n (each from an earlier layer)."""
+        for group in spec["inputs"].entries(range(MAX_LAYERS + 1), "input groups"):
+            source = group["source"].integer(0, n - 1)
+            group["delay"].derived(self.boundaries[n] - self.boundaries[source + 1], self.limit,
+                                   f"windows.boundaries[{n}] - windows.boundaries[{source + 1}]")
+            shape = group["source_shape"].shape(self.max_elements)
+            if shape != self.source_shapes[source]:
+                group["source_shape"].fail(f"is {list(shape)}, layer {source} gives {list(self.source_shapes[source])}")
+            saved, self.averaged = self.averaged, False
+            for step in group["route"].entries(range(MAX_LAYERS + 1), "route entries"):
+                kind = step["kind"].choice(*_ROUTE_KINDS)
+                if step["in_shape"].shape(self.max_elements) != shape:
+                    step["in_shape"].fail(f"is {step['in_shape'].value}, the route gives {list(shape)}")
+                shape = self._route_or_neuron(step, kind, shape)
+            self.averaged = saved
+            if group["in_shape"].shape(self.max_elements) != shape:
+                group["in_shape"].fail(f"is {group['in_shape'].value}, the route gives {list(shape)}")
+            kind = group["kind"].choice(*SYNAPSE_KINDS)
+            if not isinstance(group["trainable"].value, bool):
+                group["trainable"].fail(f"expected true or false, got {_show(group['trainable'].value)}")
+            if kind == "scale":
+                if shape != out_shape:
+                    group["in_shape"].fail(f"is {list(shape)}; a scale group maps it onto the layer's "
+                                           f"{list(out_shape)}")
+                weight_shape: tuple[int, ...] = (shape[0],)
+            elif kind == "dense":
+                if len(shape) != 1 or len(out_shape) != 1:
+                    group["in_shape"].fail(f"is {list(shape)}; a dense group maps a flat input onto a flat layer")
+                weight_shape = (out_shape[0], shape[0])
+            else:
+                if _geometry(group, "conv2d", shape, out_shape, 2) != out_shape:
+                    group["kernel"].fail(f"the group's geometry does not map {list(shape)} onto the layer's "
+                                         f"{list(out_shape)}")
+                weight_shape = (out_shape[0], shape[0] // self._groups(group, shape[0], out_shape[0]),
+                                *group["kernel"].pair(1))
+            self._add(group["weight"], weight_shape)
+
+    def _groups(self, spec: _Field, c_in: int, c_out: int) -> int:
+        """A convolution's groups (version 2; always 1 in version 1), dividing both channel counts."""
+        if self.version < 2:
+            return 1
+        groups = spec["groups"].integer(1)
+        if c_in % groups or c_out % groups:
+            spec["groups"].fail(f"is {groups}; it must divide the {c_in} input and {c_out} output channels")
+        return groups
 
     def _neuron(
         self, spec: _Field, kind: str, n: int, readout: bool, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
@@ -498,12 +599,16 @@ class _Plan:
                 index.fail("must be null for a dense layer")
             weight_shape: tuple[int, ...] = (channels, in_shape[0])
         else:
-            weight_shape = (channels, in_shape[0], *spec["kernel"].pair(1))
+            weight_shape = (channels, in_shape[0] // self._groups(spec, in_shape[0], channels), *spec["kernel"].pair(1))
             if index.value is not None:
                 self._add(index, out_shape[1:], np.dtype(np.int64))
             elif regions != 1:
                 spec["regions"].fail(f"is {regions} but region_index is null")
         self._add(spec["weight"], weight_shape)
+        if self.version >= 2:
+            if self.parameterisation != "b1" and spec["inputs"].value:
+                spec["inputs"].fail("input groups exist for the b1 parameterisation only")
+            self._inputs(spec, n, out_shape)
         self._add(spec["bias"], (channels, regions))
         self._add(spec["theta"], (channels, regions))
         self._add(spec["B"], out_shape)
@@ -528,7 +633,8 @@ def _relative_name(field: _Field) -> None:
         field.fail(f"expected a file name inside the export directory, got {_show(name)}")
 
 
-def _geometry(spec: _Field, kind: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> tuple[int, ...]:
+def _geometry(spec: _Field, kind: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+              version: int = FORMAT_VERSION) -> tuple[int, ...]:
     """The output shape that a layer's kind and parameters give (a dense layer may have any width)."""
     if kind == "flatten":
         return (math.prod(in_shape),)
@@ -539,7 +645,12 @@ def _geometry(spec: _Field, kind: str, in_shape: tuple[int, ...], out_shape: tup
     if len(in_shape) != 3:
         spec["in_shape"].fail(f"is {list(in_shape)}; {kind} needs a (channels, height, width) input")
     kernel, stride = spec["kernel"].pair(1), spec["stride"].pair(1)
-    padding, channels = ((0, 0), in_shape[0]) if kind == "pool" else (spec["padding"].pair(0), out_shape[0])
+    if kind == "avgpool" or (kind == "pool" and version < 2):
+        padding, channels = (0, 0), in_shape[0]
+    elif kind == "pool":
+        padding, channels = spec["padding"].pair(0), in_shape[0]
+    else:
+        padding, channels = spec["padding"].pair(0), out_shape[0]
     size = ((s + 2 * p - k) // st + 1 for s, k, st, p in zip(in_shape[1:], kernel, stride, padding, strict=True))
     return (channels, *size)
 
@@ -708,10 +819,13 @@ def _check_values(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> Non
     for i, spec in enumerate(meta["layers"]):
         if spec["kind"] not in _NEURON_KINDS:
             continue
-        for key in ("weight", "bias", "theta", "B"):
-            bad = np.count_nonzero(~np.isfinite(arrays[spec[key]]))
+        named = [(key, spec[key]) for key in ("weight", "bias", "theta", "B")]
+        groups = spec.get("inputs", ()) if meta["version"] >= 2 else ()
+        named += [(f"inputs[{k}].weight", g["weight"]) for k, g in enumerate(groups)]
+        for key, name in named:
+            bad = np.count_nonzero(~np.isfinite(arrays[name]))
             if bad:
-                raise ValueError(f"layers[{i}].{key}: array {_show(spec[key])} has {bad} NaN or infinite values")
+                raise ValueError(f"layers[{i}].{key}: array {_show(name)} has {bad} NaN or infinite values")
         name, regions = spec["region_index"], spec["regions"]
         if name is not None:
             low, high = int(arrays[name].min()), int(arrays[name].max())
@@ -754,7 +868,11 @@ def _build(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> SNN:
     dtype = DTYPES[meta["dtype"]]
     inp, windows = meta["input"], meta["windows"]
     encoder = InputEncoder(tuple(inp["in_shape"]), _float64(inp["p"]), _float64(inp["q"]))
-    layers = [_module(spec, arrays) for spec in meta["layers"]]
+    v2 = meta["version"] >= 2
+    layers = [_module(spec, arrays, v2) for spec in meta["layers"]]
+    for spec, layer in zip(meta["layers"], layers, strict=True):
+        if v2 and isinstance(layer, SpikingNeurons):
+            layer.set_input_groups([_input_group(g, arrays) for g in spec["inputs"]])
     snn = SNN(encoder, layers, _float64(windows["deltas"]), float(windows["t_start"])).to(dtype)
     with torch.no_grad():
         snn.deltas.copy_(_float64(windows["deltas"]))
@@ -766,8 +884,17 @@ def _build(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> SNN:
     return snn
 
 
-def _module(spec: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> nn.Module:
-    """The layer of a validated spec, parameters not yet set."""
+def _input_group(spec: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> InputGroup:
+    """An input group of a validated version-2 spec, with its weights."""
+    route = [_module(step, arrays, True) for step in spec["route"]]
+    conv = spec["kind"] == "conv2d"
+    return InputGroup(spec["source"], route, spec["kind"], _weights(arrays[spec["weight"]]), spec["trainable"],
+                      tuple(spec["stride"]) if conv else 1, tuple(spec["padding"]) if conv else 0,
+                      spec["groups"] if conv else 1)
+
+
+def _module(spec: dict[str, Any], arrays: Mapping[str, np.ndarray], v2: bool = True) -> nn.Module:
+    """The layer (or route entry) of a validated spec, parameters not yet set."""
     kind = spec["kind"]
     if kind == "dense":
         return SpikingLinear(spec["in_shape"][0], spec["out_shape"][0], spec["parameterisation"], spec["alpha"])
@@ -783,8 +910,11 @@ def _module(spec: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> nn.Module
             spec["parameterisation"],
             spec["alpha"],
             region_index,
+            spec["groups"] if v2 else 1,
         )
     if kind == "pool":
         sign = torch.tensor(spec["sign"], dtype=torch.float64)
-        return MinTimePool2d(tuple(spec["kernel"]), tuple(spec["stride"]), sign)
+        return MinTimePool2d(tuple(spec["kernel"]), tuple(spec["stride"]), sign, tuple(spec["padding"]) if v2 else 0)
+    if kind == "avgpool":
+        return MeanTimePool2d(tuple(spec["kernel"]), tuple(spec["stride"]))
     return nn.Flatten()

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from .alpha1 import ROW_SUM_BOUNDS, bound_row_sums
 from .convert import convert
-from .layers import InputEncoder, MinTimePool2d, SpikingLinear, SpikingNeurons
+from .layers import InputEncoder, MeanTimePool2d, MinTimePool2d, SpikingLinear, SpikingNeurons
 from .network import SNN
 
 INITS = ("b1", "alpha1_standard", "alpha1_smart")
@@ -66,7 +66,7 @@ def pool_jacobian(pool: MinTimePool2d, t: Tensor) -> Tensor:
     """
     batch, channels, h, w = t.shape
     s = torch.ones((), dtype=t.dtype, device=t.device) if pool.sign is None else pool.sign.to(t.dtype)
-    _, index = F.max_pool2d(-s * t, pool.kernel_size, pool.stride, return_indices=True)
+    _, index = F.max_pool2d(-s * t, pool.kernel_size, pool.stride, pool.padding, return_indices=True)
     offset = (torch.arange(channels, device=t.device) * (h * w)).reshape(1, channels, 1, 1)
     flat = (index + offset).reshape(batch, -1, 1)
     jac = torch.zeros(batch, flat.shape[1], channels * h * w, dtype=t.dtype, device=t.device)
@@ -84,6 +84,9 @@ def layer_jacobians(snn: SNN, z: Tensor, include_readout: bool = False) -> list[
     diag(1/B) W (= -dlogits/dt^(N-1), no mask: the readout does not spike) is appended, so that the
     product of all blocks is dlogits/dx^(0), the input-output Jacobian of the equivalent ReLU network.
     """
+    if snn.residual:
+        raise ValueError("layer_jacobians follows a chain; a network with input groups (skip connections) has "
+                         "Jacobians with several inputs per layer, which this analysis does not cover")
     b = snn.boundaries()
     t = snn.encode(z)
     batch = t.shape[0]
@@ -117,6 +120,12 @@ def layer_jacobians(snn: SNN, z: Tensor, include_readout: bool = False) -> list[
             n += 1
         elif isinstance(layer, MinTimePool2d):
             sel = pool_jacobian(layer, t)
+            pre = sel if pre is None else sel @ pre
+            t = layer(t)
+        elif isinstance(layer, MeanTimePool2d):  # linear: the same averaging matrix for every sample
+            numel = t[0].numel()
+            basis = torch.eye(numel, dtype=t.dtype, device=t.device).reshape(numel, *t.shape[1:])
+            sel = layer(basis).reshape(numel, -1).t().expand(batch, -1, -1)
             pre = sel if pre is None else sel @ pre
             t = layer(t)
         elif isinstance(layer, nn.Flatten):

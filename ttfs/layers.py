@@ -46,6 +46,24 @@ class SpikingNeurons(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels, regions))
         self.register_buffer("region_index", None)
 
+    @property
+    def input_groups(self) -> tuple[InputGroup, ...] | nn.ModuleList:
+        """The delayed synapse groups from earlier layers (skip connections); empty for a chain layer.
+
+        The layer's own ``weight`` is input group 0: the spikes of the module before it in the chain,
+        undelayed. A residual network's layers add groups (:class:`InputGroup`), each reading the
+        spikes of an earlier neuron layer (or of the input) delayed into this layer's integration window.
+        """
+        return self._modules.get("inputs") or ()
+
+    def set_input_groups(self, groups: list[InputGroup]) -> None:
+        if groups and not self.is_b1:
+            raise ValueError("input groups (skip connections) exist for the B1 parameterisation only")
+        if groups:
+            self.inputs = nn.ModuleList(groups)
+        else:
+            self._modules.pop("inputs", None)
+
     # -- implemented by subclasses -------------------------------------------------------------
     def integrate(self, x: Tensor) -> Tensor:
         """sum_j W_ij x_j for every neuron (no bias)."""
@@ -85,16 +103,18 @@ class SpikingNeurons(nn.Module):
             return delta - self.per_neuron(self.bias)
         return self.per_neuron(self.bias)
 
-    def activation(self, t_in: Tensor, t_min_in: Tensor, t_min: Tensor, t_max: Tensor | None) -> Tensor:
+    def activation(self, t_in: Tensor, t_min_in: Tensor, t_min: Tensor, t_max: Tensor | None,
+                   extra: Tensor | None = None) -> Tensor:
         """t_max - t_unclipped: the equivalent ReLU pre-activation, from the closed-form spike time.
 
-        An alpha1 neuron with slope B <= 0 never rises to threshold in phase 2: it is silent
+        ``extra`` is the potential the input groups add at t_min (:meth:`InputGroup.forward`, summed;
+        B1 only). An alpha1 neuron with slope B <= 0 never rises to threshold in phase 2: it is silent
         (returned as -1, counted by :meth:`nonpositive_slopes`).
         """
         x = t_min - t_in
         if self.is_b1:
-            # A = 0, B = 1, theta = Delta - D:  t_max - t = V - theta + Delta = Wx + D.
-            return self.affine(x)
+            # A = 0, B = 1, theta = Delta - D:  t_max - t = V - theta + Delta = Wx + D (+ the groups' sum).
+            return self.affine(x) if extra is None else self.affine(x) + extra
         slope = self.slope(x)
         rising = slope > 0
         potential = self.drive() * (t_min - t_min_in) + self.integrate(x)
@@ -103,13 +123,14 @@ class SpikingNeurons(nn.Module):
             value = value + (t_max - t_min)
         return torch.where(rising, value, -1.0)
 
-    def forward(self, t_in: Tensor, t_min_in: Tensor, t_min: Tensor, t_max: Tensor) -> Tensor:
+    def forward(self, t_in: Tensor, t_min_in: Tensor, t_min: Tensor, t_max: Tensor,
+                extra: Tensor | None = None) -> Tensor:
         """Spike times of this layer; silent neurons get exactly t_max."""
-        return t_max - F.relu(self.activation(t_in, t_min_in, t_min, t_max))
+        return t_max - F.relu(self.activation(t_in, t_min_in, t_min, t_max, extra))
 
-    def readout(self, t_in: Tensor, t_min_in: Tensor, t_min: Tensor) -> Tensor:
+    def readout(self, t_in: Tensor, t_min_in: Tensor, t_min: Tensor, extra: Tensor | None = None) -> Tensor:
         """Logits of a non-spiking output layer: its potentials at t_read = t_min, in ReLU units."""
-        return self.activation(t_in, t_min_in, t_min, None)
+        return self.activation(t_in, t_min_in, t_min, None, extra)
 
     def nonpositive_slopes(self, like: Tensor) -> int:
         """Number of neurons (per sample) whose alpha1 slope B <= 0 makes them silent; 0 for B1."""
@@ -196,7 +217,10 @@ class SpikingConv2d(SpikingNeurons):
     """2-d convolutional spiking layer with stride, 'same'/'valid'/explicit zero padding.
 
     Zero padding is a silent input (x = 0), exactly as zero padding of the ReLU network's activations.
+    ``groups`` as in ``torch.nn.Conv2d`` (B1 only).
     """
+
+    groups = 1  # instances set their own; the class value serves layers pickled before groups existed
 
     def __init__(
         self,
@@ -208,25 +232,32 @@ class SpikingConv2d(SpikingNeurons):
         parameterisation: str = "b1",
         alpha: float = 1.0,
         region_index: Tensor | None = None,
+        groups: int = 1,
     ):
         regions = 1 if region_index is None else int(region_index.max()) + 1
         super().__init__(out_channels, regions, parameterisation, alpha)
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        if groups != 1 and parameterisation != "b1":
+            raise ValueError("grouped convolutions are supported for the B1 parameterisation only")
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.groups = int(groups)
         self.kernel_size = _pair(kernel_size)
         self.stride = _pair(stride)
         self.padding = conv_padding(self.kernel_size, self.stride, padding)
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         nn.init.xavier_uniform_(self.weight)
         if region_index is not None:
             self.region_index = region_index.to(torch.long)
 
     def integrate(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding)
+        return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding, groups=self.groups)
 
     def affine(self, x: Tensor) -> Tensor:
         if self.region_index is None:  # bias is (out, 1); a view keeps the backward free of a scatter
-            return F.conv2d(x, self.weight, self.bias.view(-1), stride=self.stride, padding=self.padding)
+            return F.conv2d(x, self.weight, self.bias.view(-1), stride=self.stride, padding=self.padding,
+                            groups=self.groups)
         return self.integrate(x) + self.bias[:, self.region_index]
 
     def per_neuron(self, p: Tensor) -> Tensor:
@@ -247,9 +278,10 @@ class SpikingConv2d(SpikingNeurons):
 
     def extra_repr(self) -> str:
         regions = self.bias.shape[1]
+        grouped = f", groups={self.groups}" if self.groups != 1 else ""
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, regions={regions}, {self.parameterisation}"
+            f"padding={self.padding}{grouped}, regions={regions}, {self.parameterisation}"
         )
 
 
@@ -258,14 +290,18 @@ class MinTimePool2d(nn.Module):
 
     Channels with ``sign`` +1 take the earliest spike (max of activations); channels with sign -1 take
     the latest (min of activations), needed when a batch norm with negative scale sits between the ReLU
-    and the max-pool. Creates no neurons and no window.
+    and the max-pool. Creates no neurons and no window. ``padding`` positions are ignored (as torch's
+    max-pooling pads with -inf: a window's padded taps never win).
     """
 
+    padding = (0, 0)  # the class value serves layers pickled before padding existed
+
     def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 sign: Tensor | None = None):
+                 sign: Tensor | None = None, padding: int | tuple[int, int] = 0):
         super().__init__()
         self.kernel_size = _pair(kernel_size)
         self.stride = _pair(stride if stride is not None else kernel_size)
+        self.padding = _pair(padding)
         self.sign: Tensor | None
         if sign is not None and bool((sign < 0).any()):
             self.register_buffer("sign", sign.sign().to(torch.get_default_dtype()).reshape(1, -1, 1, 1))
@@ -274,13 +310,92 @@ class MinTimePool2d(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         if self.sign is None:
-            return -F.max_pool2d(-t, self.kernel_size, self.stride)
+            return -F.max_pool2d(-t, self.kernel_size, self.stride, self.padding)
         s = self.sign.to(t.dtype)
-        return -s * F.max_pool2d(-s * t, self.kernel_size, self.stride)
+        return -s * F.max_pool2d(-s * t, self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         negative = 0 if self.sign is None else int((self.sign < 0).sum())
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, negative_channels={negative}"
+        padded = f", padding={self.padding}" if self.padding != (0, 0) else ""
+        return f"kernel_size={self.kernel_size}, stride={self.stride}{padded}, negative_channels={negative}"
+
+
+class MeanTimePool2d(nn.Module):
+    """Average pooling (AvgPool2d without padding, AdaptiveAvgPool2d with dividing sizes), in time.
+
+    Averaging is linear: the mean of the spike times is t_max - mean(x), so the next layer's potential
+    at t_min is exactly sum_i W_i mean_window(x). It is no spike operation: physically every input of a
+    window has its own synapse, of weight W_i / (kh * kw), into the next neuron layer (the pool is folded
+    into that layer's weights; the event-driven simulator and the export treat it so). Creates no
+    neurons and no window, and must be followed by a neuron layer (or flatten, then one).
+    """
+
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None):
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride if stride is not None else kernel_size)
+
+    def forward(self, t: Tensor) -> Tensor:
+        return F.avg_pool2d(t, self.kernel_size, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+SYNAPSE_KINDS = ("dense", "conv2d", "scale")
+
+
+class InputGroup(nn.Module):
+    """A delayed synapse group of a neuron layer: the spikes of an earlier layer reach it late.
+
+    ``source`` is the neuron layer number m of the sending layer (0 = the input encoding). Its spikes,
+    routed through ``route`` (min-time pooling, average pooling, flatten: spike-time modules of the
+    chain) and delayed by t_min^(n) - t_max^(m) (the widths of the windows in between), arrive in the
+    integration window [t_min^(n-1), t_min^(n)) of the receiving layer n, where they contribute
+    sum_j W_ij x_j with x_j = t_max^(m) - t_j (exactly the activation of the earlier layer: a skip
+    connection). ``kind``: ``"dense"`` (weight (out, in)), ``"conv2d"`` (weight (out, in / groups, kh, kw),
+    ``stride``, ``padding``, ``groups``) or ``"scale"`` (one weight per channel, or per feature of a flat
+    input: an identity shortcut, scaled by a batch norm folded after a ReLU). ``trainable`` weights are
+    parameters (a projection shortcut's 1x1 convolution); fixed ones (identity) are buffers, as in the
+    ReLU network, where an identity shortcut has no parameters.
+    """
+
+    def __init__(self, source: int, route: list[nn.Module], kind: str, weight: Tensor, trainable: bool = True,
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, groups: int = 1):
+        super().__init__()
+        if kind not in SYNAPSE_KINDS:
+            raise ValueError(f"unknown synapse kind {kind!r}; choose one of {SYNAPSE_KINDS}")
+        if source < 0:
+            raise ValueError(f"source must be a neuron layer number >= 0, got {source}")
+        self.source = int(source)
+        self.route = nn.Sequential(*route)
+        self.kind = kind
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.groups = int(groups)
+        self.trainable = bool(trainable)
+        if trainable:
+            self.weight = nn.Parameter(weight.detach().clone())
+        else:
+            self.register_buffer("weight", weight.detach().clone())
+
+    def integrate(self, x: Tensor) -> Tensor:
+        """sum_j W_ij x_j over this group's synapses, for the routed activations x."""
+        if self.kind == "dense":
+            return F.linear(x, self.weight)
+        if self.kind == "conv2d":
+            return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding, groups=self.groups)
+        return x * self.weight.reshape(-1, *(1,) * (x.ndim - 2))
+
+    def forward(self, t_source: Tensor, t_max_source: Tensor) -> Tensor:
+        """Potential added at the receiving layer's t_min by the spikes ``t_source`` of layer ``source``."""
+        return self.integrate(t_max_source - self.route(t_source))
+
+    def extra_repr(self) -> str:
+        conv = self.kind == "conv2d"
+        geometry = f", stride={self.stride}, padding={self.padding}, groups={self.groups}" if conv else ""
+        return (f"source={self.source}, {self.kind}, weight={tuple(self.weight.shape)}{geometry}, "
+                f"trainable={self.trainable}")
 
 
 class InputEncoder(nn.Module):

@@ -18,6 +18,11 @@ Definitions (per sample unless a name says ``total``):
   neuron layer (with non-overlapping windows the fan-out of its one window; 0 for a position no window
   covers). Each (pool window, synapse) path counts once, so with overlapping windows a neuron that
   reaches one target through two windows has two synapses to it.
+* **Input groups** (residual networks): a neuron's spikes also travel, delayed, along every input
+  group that reads its layer; its fan-out is the sum over the chain and all those groups (each counted
+  like the chain: through the group's route, its synapses into the receiving layer). An identity
+  shortcut (kind ``scale``) is one synapse per unit; average pooling, folded into the next weights,
+  routes back like a pool (each (window, synapse) path counts once).
 * **SynOps** (SPEC 6): sum over the spikes of the fan-out of the spiking neuron. A spike costs its
   synaptic operations whether or not it wins its pool window: hardware delivers every spike along
   all its synapses (pooling is the min of the arrival times at the target, decided there).
@@ -28,8 +33,10 @@ Definitions (per sample unless a name says ``total``):
   forwards only the winner of each pool window (the earliest spike; the latest for channels whose
   pooling sign is flipped, which then fires only if every input of the window spiked): the sum over
   the events arriving at the next neuron layer of their fan-out into it (:func:`fan_out`). A lower
-  bound for pooled networks; equal to SynOps without pooling. Not the SPEC metric: reported under
-  its own name (``routed_synops``).
+  bound for pooled networks; equal to SynOps without pooling. Average pooling cannot be routed (a
+  mean of spike times is no spike): every spike entering an average pool is counted with its synapses.
+  Input groups are routed the same way. Not the SPEC metric: reported under its own name
+  (``routed_synops``).
 * **MACs** of the equivalent ReLU network: one multiply-accumulate per synapse, i.e. the sum of the
   fan-outs of all units into each neuron layer (zero-padding taps excluded unless
   ``include_padding``); pooling, batch norm (folded) and ReLU cost none.
@@ -44,7 +51,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import MinTimePool2d, SpikingConv2d, SpikingLinear, SpikingNeurons, conv_padding
+from .layers import (
+    InputGroup,
+    MeanTimePool2d,
+    MinTimePool2d,
+    SpikingConv2d,
+    SpikingLinear,
+    SpikingNeurons,
+    conv_padding,
+)
 from .network import SNN, SpikeRecord
 
 __all__ = [
@@ -98,7 +113,14 @@ def fan_out(layer: SpikingNeurons, in_shape: Sequence[int]) -> Tensor:
         return torch.full(in_shape, layer.out_features, dtype=torch.long)
     if isinstance(layer, SpikingConv2d):
         counts = conv_tap_counts(in_shape[1:], layer.kernel_size, layer.stride, layer.padding)
-        return (counts * layer.out_channels).expand(in_shape).clone()
+        return (counts * (layer.out_channels // layer.groups)).expand(in_shape).clone()
+    if isinstance(layer, InputGroup):
+        if layer.kind == "dense":
+            return torch.full(in_shape, layer.weight.shape[0], dtype=torch.long)
+        if layer.kind == "scale":
+            return torch.ones(in_shape, dtype=torch.long)
+        counts = conv_tap_counts(in_shape[1:], layer.weight.shape[2:], layer.stride, layer.padding)
+        return (counts * (layer.weight.shape[0] // layer.groups)).expand(in_shape).clone()
     raise TypeError(f"no fan-out rule for {type(layer).__name__}")
 
 
@@ -162,10 +184,11 @@ def _route_back(module: nn.Module, fan: Tensor, in_shape: Sequence[int]) -> Tens
     in_shape = tuple(int(s) for s in in_shape)
     if isinstance(module, nn.Flatten):
         return fan.reshape(in_shape)
-    if isinstance(module, MinTimePool2d):
+    if isinstance(module, (MinTimePool2d, MeanTimePool2d)):
         channels, taps = in_shape[0], module.kernel_size[0] * module.kernel_size[1]
         cols = fan.to(torch.float64).reshape(channels, 1, -1).expand(-1, taps, -1).reshape(1, channels * taps, -1)
-        folded = F.fold(cols, in_shape[1:], module.kernel_size, stride=module.stride)[0]
+        padding = module.padding if isinstance(module, MinTimePool2d) else (0, 0)
+        folded = F.fold(cols, in_shape[1:], module.kernel_size, stride=module.stride, padding=padding)[0]
         return folded.round().to(torch.long)
     raise TypeError(f"no fan-out rule for {type(module).__name__} between neuron layers")
 
@@ -190,16 +213,26 @@ def unit_fan_out(snn: SNN, record: SpikeRecord | None = None) -> list[Tensor]:
         finally:
             snn.spike_constraints = saved
     maps = []
-    for source, modules, layer in zip(_sources(record), _segments(snn), snn.neuron_layers, strict=True):
-        t, shapes = source[:1], []
-        for module in modules:
-            shapes.append(t.shape[1:])
-            t = module(t)
-        fan = fan_out(layer, t.shape[1:])
-        for module, shape in zip(reversed(modules), reversed(shapes), strict=True):
-            fan = _route_back(module, fan, shape)
-        maps.append(fan.to(source.device))
+    sources = _sources(record)
+    for source, modules, layer in zip(sources, _segments(snn), snn.neuron_layers, strict=True):
+        maps.append(_through(list(modules), layer, source).to(source.device))
+    for layer in snn.neuron_layers:
+        for group in layer.input_groups:
+            maps[group.source] = maps[group.source] + _through(list(group.route), group, sources[group.source]).to(
+                maps[group.source].device)
     return maps
+
+
+def _through(modules: list[nn.Module], synapses: nn.Module, source: Tensor) -> Tensor:
+    """Fan-out of every unit of ``source`` through the routing ``modules`` into ``synapses``."""
+    t, shapes = source[:1], []
+    for module in modules:
+        shapes.append(t.shape[1:])
+        t = module(t)
+    fan = fan_out(synapses, t.shape[1:])
+    for module, shape in zip(reversed(modules), reversed(shapes), strict=True):
+        fan = _route_back(module, fan, shape)
+    return fan
 
 
 class _SpikeCounter:
@@ -221,19 +254,31 @@ class _SpikeCounter:
         self.input_spikes = 0
         self.clipped = 0
         self._unit_fan: list[Tensor] | None = None
-        self._routed_fan: list[Tensor] | None = None
+        self._routed_fan: list[tuple[int, nn.Module, Tensor]] | None = None
+        self.early = 0
 
     def _count_synops(self, record: SpikeRecord) -> None:
         """SPEC SynOps (every spike x the neuron's fan-out) and routed SynOps (events reaching the next layer)."""
+        sources = _sources(record)
         if self._unit_fan is None:
             self._unit_fan = unit_fan_out(self.snn, record)
-            self._routed_fan = [fan_out(layer, t.shape[1:]).to(t.device)
-                                for layer, t in zip(self.layers, record.layer_inputs, strict=True)]
+            # every path into a neuron layer: the chain from layer m = n - 1, and each input group. A router
+            # can forward the winners of max-pooling only: spikes entering an average pool all travel on.
+            paths = [(m, list(modules), layer) for m, (modules, layer) in enumerate(zip(_segments(self.snn),
+                                                                                        self.layers, strict=True))]
+            paths += [(g.source, list(g.route), g) for layer in self.layers for g in layer.input_groups]
+            self._routed_fan = []
+            for m, modules, synapses in paths:
+                cut = next((i for i, module in enumerate(modules) if isinstance(module, MeanTimePool2d)), len(modules))
+                routed = nn.Sequential(*modules[:cut])
+                fan = _through(modules[cut:], synapses, routed(sources[m][:1])).to(sources[m].device)
+                self._routed_fan.append((m, routed, fan))
         b = record.boundaries
-        for m, (source, arriving) in enumerate(zip(_sources(record), record.layer_inputs, strict=True)):
-            t_max = b[m + 1]  # silent = t_max of the source layer, also after pooling and flatten
-            self.synops[m] += int(((source < t_max) * self._unit_fan[m]).sum())
-            self.routed[m] += int(((arriving < t_max) * self._routed_fan[m]).sum())
+        for m, source in enumerate(sources):
+            self.synops[m] += int(((source < b[m + 1]) * self._unit_fan[m]).sum())
+        for m, routed, fan in self._routed_fan:
+            # silent = t_max of the source layer, also after max-pooling and flatten
+            self.routed[m] += int(((routed(sources[m]) < b[m + 1]) * fan).sum())
 
     def add(self, record: SpikeRecord) -> None:
         self.samples += record.logits.shape[0]
@@ -246,6 +291,8 @@ class _SpikeCounter:
             counts = self.snn.phase1_spikes(record)
             self.phase1 = [a + int(b) for a, b in zip(self.phase1, counts, strict=True)]
         self._count_synops(record)
+        if record.group_sources:
+            self.early += int(record.early_arrivals().sum())
         self.input_spikes += int((record.input_times < record.boundaries[1]).sum())
         clipped = record.clipped_inputs  # a method (a field in earlier versions of SpikeRecord)
         self.clipped += int(clipped() if callable(clipped) else clipped)
@@ -269,6 +316,7 @@ class _SpikeCounter:
             "spikes_per_neuron_per_layer": [k / (s * n) for k, n in zip(self.spikes, neurons, strict=True)],
             "causality_violations": sum(self.violations),
             "causality_violations_per_layer": list(self.violations),
+            "early_arrivals": self.early,
             "phase1_spikes": sum(self.phase1),
             "phase1_spikes_per_layer": list(self.phase1),
             "clipped_inputs": self.clipped,
@@ -300,7 +348,9 @@ def spike_statistics(snn: SNN, batches, split: str | None = None) -> dict:
     ``split``, ``samples``, ``hidden_neurons`` (per sample), ``neurons_per_layer``, ``spikes`` and
     ``spikes_per_layer`` (totals over all samples), ``spikes_per_neuron`` and
     ``spikes_per_neuron_per_layer``, ``causality_violations`` (+ ``_per_layer``; spikes before their
-    window), ``phase1_spikes`` (+ ``_per_layer``; alpha1 threshold crossings before t_min, 0 for B1),
+    window), ``early_arrivals`` (delayed input-group spikes arriving before their receiving layer
+    integrates, :meth:`ttfs.SpikeRecord.early_arrivals`; 0 for a chain), ``phase1_spikes`` (+
+    ``_per_layer``; alpha1 threshold crossings before t_min, 0 for B1),
     ``clipped_inputs`` (total), ``input_spikes`` (total) and ``input_spikes_per_unit``,
     ``synops_total``, ``synops_per_sample`` and ``synops_per_layer`` (SPEC 6: every spike times the
     fan-out of its neuron; per sample, by source hidden layer), ``input_synops_total`` and
@@ -343,15 +393,26 @@ def macs(snn: SNN, include_padding: bool = False) -> dict:
     """
     z = torch.zeros(1, *snn.encoder.in_shape, dtype=snn.deltas.dtype, device=snn.deltas.device)
     record = snn.run(z)
+    sources = _sources(record)
     per_layer = []
     for layer, t in zip(snn.neuron_layers, record.layer_inputs, strict=True):
         if isinstance(layer, SpikingConv2d):
-            per_layer.append(_layer_macs("conv", t.shape[1:], layer.out_channels, layer.kernel_size,
-                                         layer.stride, layer.padding, include_padding=include_padding))
+            count = _layer_macs("conv", t.shape[1:], layer.out_channels, layer.kernel_size, layer.stride,
+                                layer.padding, groups=layer.groups, include_padding=include_padding)
         elif isinstance(layer, SpikingLinear):
-            per_layer.append(_layer_macs("linear", t.shape[1:], layer.out_features))
+            count = _layer_macs("linear", t.shape[1:], layer.out_features)
         else:
             raise TypeError(f"no MAC rule for {type(layer).__name__}")
+        for group in layer.input_groups:  # one MAC per synapse of every input group
+            shape = group.route(sources[group.source]).shape[1:]
+            if group.kind == "conv2d":
+                count += _layer_macs("conv", shape, group.weight.shape[0], tuple(group.weight.shape[2:]), group.stride,
+                                     group.padding, groups=group.groups, include_padding=include_padding)
+            elif group.kind == "dense":
+                count += _layer_macs("linear", shape, group.weight.shape[0])
+            else:
+                count += math.prod(shape)
+        per_layer.append(count)
     return _summary(per_layer)
 
 
@@ -502,6 +563,7 @@ def compare_to_relu(
         "max_rel_logit_diff": rel,
         "causality_violations": stats["causality_violations"],
         "causality_violations_per_layer": stats["causality_violations_per_layer"],
+        "early_arrivals": stats["early_arrivals"],
         "phase1_spikes": stats["phase1_spikes"],
         "spikes_per_neuron": stats["spikes_per_neuron"],
         "spikes_per_neuron_per_layer": stats["spikes_per_neuron_per_layer"],

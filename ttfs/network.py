@@ -25,6 +25,8 @@ class SpikeRecord:
     boundaries: Tensor  # t_min^(0), t_min^(1), ..., t_min^(N)
     raw_inputs: Tensor | None = None
     encoder: InputEncoder | None = None
+    # (receiving neuron layer n, source layer m) of every delayed input group (residual networks)
+    group_sources: tuple[tuple[int, int], ...] = ()
 
     def clipped_inputs(self) -> int:
         """Input values that fell outside [p, q] and were clipped to the window edge."""
@@ -58,6 +60,21 @@ class SpikeRecord:
         """Sum of |x| over hidden activations, averaged over the batch (the L1 sparsity penalty)."""
         batch = self.logits.shape[0]
         return sum(x.sum() for x in self.activations()) / batch
+
+    def early_arrivals(self) -> Tensor:
+        """Per neuron layer 1..N: delayed group spikes arriving before the layer integrates (0 when exact).
+
+        A spike of layer m reaches layer n at t + t_min^(n) - t_max^(m); it is early if that is before
+        t_min^(n-1), i.e. if its activation exceeds the width Delta^(n-1) of the window it lands in
+        (the window rule of SPEC 2.8 takes every input entering a window into account). Chain layers: 0.
+        """
+        counts = [torch.zeros((), dtype=torch.long, device=self.boundaries.device) for _ in range(len(self.times) + 1)]
+        sources = [self.input_times, *self.times]
+        b = self.boundaries
+        for n, m in self.group_sources:
+            x = b[m + 1] - sources[m]
+            counts[n - 1] = counts[n - 1] + (x > b[n] - b[n - 1]).sum()  # wider than the window it lands in
+        return torch.stack(counts)
 
 
 @dataclass
@@ -254,9 +271,27 @@ class SNN(nn.Module):
         return plan
 
     @property
+    def residual(self) -> bool:
+        """Whether some neuron layer has delayed input groups (skip connections)."""
+        return any(layer.input_groups for layer in self.neuron_layers)
+
+    def window_sources(self) -> list[list[int]]:
+        """Per hidden window n = 1..N-1: the layers whose spikes enter it (the window rule, SPEC 2.8).
+
+        Window n holds the spikes of layer n and, delayed, those of every source of an input group of
+        layer n + 1 (they arrive in n + 1's integration window [t_min^(n), t_max^(n))); each must fit:
+        Delta^(n) >= x. Source 0 is the input encoding. A chain network has [[1], [2], ...].
+        """
+        layers = self.neuron_layers
+        return [sorted({n, *(g.source for g in layers[n].input_groups)}) for n in range(1, len(layers))]
+
+    @property
     def lean(self) -> bool:
-        """Whether the lean training step (:meth:`forward_train`) applies: B1 without hardware constraints."""
-        return self.spike_constraints is None and self._layer_plan().b1
+        """Whether the lean training step (:meth:`forward_train`) applies: B1 without hardware constraints.
+
+        A residual network (input groups) takes the general path (:meth:`run`).
+        """
+        return self.spike_constraints is None and self._layer_plan().b1 and not self.residual
 
     def latency(self) -> Tensor:
         """t_min^(N) - t_min^(0): time from the first input spike window to the readout."""
@@ -287,18 +322,26 @@ class SNN(nn.Module):
         n = 1
         t = t0
         last = len(self.layers) - 1
+        sources = [t0]  # spike times of layers 0..n-1, read by input groups
+        group_sources: list[tuple[int, int]] = []
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, SpikingNeurons):
                 t = layer(t)
                 continue
             inputs.append(t)
+            extra = None
+            for group in layer.input_groups:
+                part = group(sources[group.source], b[group.source + 1])
+                extra = part if extra is None else extra + part
+                group_sources.append((n, group.source))
             if i == last:
-                logits = layer.readout(t, b[n - 1], b[n])
-                return SpikeRecord(logits, t0, times, inputs, boundaries)
-            t = layer(t, b[n - 1], b[n], b[n + 1])
+                logits = layer.readout(t, b[n - 1], b[n], extra)
+                return SpikeRecord(logits, t0, times, inputs, boundaries, group_sources=tuple(group_sources))
+            t = layer(t, b[n - 1], b[n], b[n + 1], extra)
             if constrain is not None:
                 t = constrain(t, b[n], b[n + 1])
             times.append(t)
+            sources.append(t)
             n += 1
         raise AssertionError("unreachable: the constructor checks the readout is last")
 
@@ -370,9 +413,10 @@ class SNN(nn.Module):
                 if activations:
                     pending = t
             else:
-                t = t_max - F.max_pool2d(y, pool.kernel_size, pool.stride)  # == pool(t_max - y)
+                t = t_max - F.max_pool2d(y, pool.kernel_size, pool.stride, pool.padding)  # == pool(t_max - y)
                 if adapt:  # min(t_max - y) = t_max - max(y); the pooled times hold it if the pool covers y
-                    covers = pool.stride == pool.kernel_size and y.shape[-2] % pool.kernel_size[0] == 0 \
+                    covers = pool.stride == pool.kernel_size and pool.padding == (0, 0) \
+                        and y.shape[-2] % pool.kernel_size[0] == 0 \
                         and y.shape[-1] % pool.kernel_size[1] == 0
                     m = t.detach().amin() if covers else t_max - y.detach().amax()
                     earliest.append(m.item() if host else m)
@@ -393,6 +437,13 @@ class SNN(nn.Module):
         are re-chained. (The lean training step does this inside :meth:`forward_train`.)
         """
         if self.spike_constraints is not None or not self._layer_plan().b1 or not record.times:
+            return
+        if self.residual:  # a window holds every input entering it (window_sources)
+            b = record.boundaries
+            peaks = [b[1] - record.input_times.detach().amin()]
+            peaks += [b[n + 1] - t.detach().amin() for n, t in enumerate(record.times, start=1)]
+            need = torch.stack([torch.stack([peaks[m] for m in ms]).amax() for ms in self.window_sources()])
+            self._grow_windows(self._current_edges(), [-need], torch.zeros_like(need), kappa)
             return
         earliest = [t.detach().amin() for t in record.times]
         self._grow_windows(self._current_edges(), earliest, record.boundaries[2:len(earliest) + 2], kappa)

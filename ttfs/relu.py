@@ -49,3 +49,50 @@ class SignedMaxPool2d(nn.Module):
     def forward(self, a: Tensor) -> Tensor:
         s = self.sign.to(a.dtype)
         return s * F.max_pool2d(s * a, self.kernel_size, self.stride)
+
+
+class ChannelScale(nn.Module):
+    """x * weight per channel (per feature of a flat input): an identity shortcut, possibly batch-norm scaled."""
+
+    def __init__(self, weight: Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.weight.reshape(-1, *(1,) * (x.ndim - 2))
+
+
+class ReLUStage(nn.Module):
+    """One neuron layer of a :class:`ResidualReLU`: route -> synapses, plus the input groups, then ReLU."""
+
+    def __init__(self, route: nn.Sequential, synapses: nn.Sequential, groups: list[tuple[int, nn.Module, nn.Module]],
+                 relu: bool = True):
+        super().__init__()
+        self.route = route
+        self.synapses = synapses
+        self.sources = [int(source) for source, _, _ in groups]
+        self.group_routes = nn.ModuleList([r for _, r, _ in groups])
+        self.group_synapses = nn.ModuleList([m for _, _, m in groups])
+        self.relu = relu
+
+
+class ResidualReLU(nn.Module):
+    """The ReLU network equivalent to an SNN with input groups (:func:`ttfs.to_relu` of a residual SNN).
+
+    Activation 0 is the scaled input; stage n computes relu(synapses(route(h_{n-1})) + sum over its
+    groups of group_synapses(group_route(h_source))), the last stage without the ReLU (the logits).
+    """
+
+    def __init__(self, input_range: InputRange, stages: list[ReLUStage]):
+        super().__init__()
+        self.input_range = input_range
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, z: Tensor) -> Tensor:
+        acts = [self.input_range(z)]
+        for stage in self.stages:
+            y = stage.synapses(stage.route(acts[-1]))
+            for source, route, synapses in zip(stage.sources, stage.group_routes, stage.group_synapses, strict=True):
+                y = y + synapses(route(acts[source]))
+            acts.append(F.relu(y) if stage.relu else y)
+        return acts[-1]

@@ -22,7 +22,12 @@ Conventions (documented in docs/export_format.md, section "Reference simulator")
   crossing time) and is counted as a phase-1 spike. A neuron with V(t_min) > theta is also counted as
   a causality violation (that is where the closed form would report t < t_min).
 * No crossing before t_max: silent, time exactly t_max.
-* Pooling: earliest time for channels with sign +1, latest for sign -1. Flatten: C order.
+* Pooling: earliest time for channels with sign +1, latest for sign -1 (padded taps never win).
+  Flatten: C order. Average pooling is no spike operation: it is folded into the synapses of the next
+  neuron layer (every input of a window gets weight W / (kh * kw) to the targets of the window).
+* Input groups (version 2, residual networks): the spikes of an earlier layer m, routed as the group
+  says, arrive ``delay`` = t_min - t_max^(m) later; a silent source neuron (t = t_max^(m)) sends
+  nothing. All groups' arrivals and the chain's spikes are merged into one sorted event list.
 * Readout: potential at t_read = t_min of the readout, logit = (V - theta) / B (= W x + D for B1); an
   alpha1 readout neuron with B <= 0 gets logit -1, as in the closed form of the library.
 """
@@ -42,14 +47,22 @@ def connectivity(spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> n
 
     Entry [j, i] is the weight from input j to neuron i; zero padding has no synapse (entry 0).
     """
-    weight = np.asarray(arrays[spec["weight"]], dtype=np.float64)
+    return _synapses(spec, np.asarray(arrays[spec["weight"]], dtype=np.float64), spec["in_shape"], spec["out_shape"])
+
+
+def _synapses(spec: Mapping[str, Any], weight: np.ndarray, in_shape, out_shape) -> np.ndarray:
+    """Synaptic matrix of a dense, conv2d (with ``groups``) or scale (one weight per channel) map."""
     if spec["kind"] == "dense":
         return np.ascontiguousarray(weight.T)
-    c_in, h, w = spec["in_shape"]
-    c_out, oh, ow = spec["out_shape"]
+    if spec["kind"] == "scale":
+        return np.diag(np.repeat(weight, int(np.prod(in_shape[1:], dtype=np.int64))))
+    c_in, h, w = in_shape
+    c_out, oh, ow = out_shape
     kh, kw = spec["kernel"]
     sh, sw = spec["stride"]
     ph, pw = spec["padding"]
+    groups = spec.get("groups", 1)
+    cpg, opg = c_in // groups, c_out // groups
     m = np.zeros((c_in, h, w, c_out, oh, ow))
     for y in range(oh):
         for x in range(ow):
@@ -60,8 +73,39 @@ def connectivity(spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> n
                 for j in range(kw):
                     ix = x * sw - pw + j
                     if 0 <= ix < w:
-                        m[:, iy, ix, :, y, x] += weight[:, :, i, j].T
+                        for g in range(groups):
+                            m[g * cpg:(g + 1) * cpg, iy, ix, g * opg:(g + 1) * opg, y, x] += \
+                                weight[g * opg:(g + 1) * opg, :, i, j].T
     return m.reshape(c_in * h * w, c_out * oh * ow)
+
+
+def _linear_route(steps: list, shape) -> np.ndarray:
+    """Matrix (n_in, n_out) of average pooling and flatten steps applied to a tensor of ``shape``."""
+    n = int(np.prod(shape, dtype=np.int64))
+    p = np.eye(n).reshape(n, *shape)
+    for step in steps:
+        if step["kind"] == "avgpool":
+            p = _windows(p, step, np.nan).mean(axis=0)
+        else:
+            p = p.reshape(n, -1)
+    return p.reshape(n, -1)
+
+
+def _windows(t: np.ndarray, spec: Mapping[str, Any], fill: float) -> np.ndarray:
+    """(kh * kw, batch, c, oh, ow): the taps of every window (padded taps hold ``fill``)."""
+    kh, kw = spec["kernel"]
+    sh, sw = spec["stride"]
+    ph, pw = spec.get("padding", (0, 0)) if spec["kind"] == "pool" else (0, 0)
+    _, oh, ow = spec["out_shape"]
+    if ph or pw:
+        t = np.pad(t, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    return np.stack(
+        [
+            t[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+            for i in range(kh)
+            for j in range(kw)
+        ]
+    )
 
 
 def _per_neuron_theta(spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -89,10 +133,12 @@ def _cross(
 
 
 def _neuron_layer(
-    spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray], t_in: np.ndarray
+    spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray], t_in: np.ndarray, m: np.ndarray | None = None
 ) -> dict[str, Any]:
-    """Simulate one neuron layer for a batch of input spike times (batch, n_inputs)."""
-    m = connectivity(spec, arrays)
+    """Simulate one neuron layer for a batch of input arrival times (batch, n_inputs) through the synaptic
+    matrix ``m`` (n_inputs, n_neurons; by default the layer's own connectivity)."""
+    if m is None:
+        m = connectivity(spec, arrays)
     theta = _per_neuron_theta(spec, arrays)
     b_slope = np.asarray(arrays[spec["B"]], dtype=np.float64).reshape(-1)
     drive = float(spec["A"])
@@ -154,18 +200,22 @@ def _neuron_layer(
 
 
 def _pool(t: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
-    kh, kw = spec["kernel"]
-    sh, sw = spec["stride"]
-    _, oh, ow = spec["out_shape"]
-    windows = np.stack(
-        [
-            t[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
-            for i in range(kh)
-            for j in range(kw)
-        ]
-    )
+    windows = _windows(t, spec, np.nan)  # padded taps never win
     sign = np.asarray(spec["sign"]).reshape(1, -1, 1, 1)
-    return np.where(sign > 0, windows.min(axis=0), windows.max(axis=0))
+    return np.where(sign > 0, np.nanmin(windows, axis=0), np.nanmax(windows, axis=0))
+
+
+def _route(t: np.ndarray, steps: list) -> tuple[np.ndarray, list]:
+    """Apply the spike-time steps (pool, flatten before any average) to ``t``; return the linear rest."""
+    linear: list = []
+    for step in steps:
+        if step["kind"] == "pool":
+            t = _pool(t, step)
+        elif step["kind"] == "flatten" and not linear:
+            t = t.reshape(t.shape[0], -1)
+        else:
+            linear.append(step)
+    return t, linear
 
 
 def simulate(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], t0: np.ndarray) -> dict[str, Any]:
@@ -180,10 +230,11 @@ def simulate(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], t0: np.n
     * ``spikes``, ``causality_violations``, ``phase1_spikes``: int arrays with one count per hidden
       layer (summed over the batch); ``phase1_mask``: list of boolean masks of phase-1 spikes.
     """
-    if meta.get("format") != "ttfs-snn" or meta.get("version") != 1:
+    if meta.get("format") != "ttfs-snn" or meta.get("version") not in (1, 2):
         raise ValueError(
-            f"not a ttfs-snn version-1 export: format={meta.get('format')!r}, version={meta.get('version')!r}"
+            f"not a ttfs-snn version-1 or -2 export: format={meta.get('format')!r}, version={meta.get('version')!r}"
         )
+    boundaries = meta["windows"]["boundaries"]
     t = np.asarray(t0, dtype=np.float64)
     in_shape = tuple(meta["input"]["in_shape"])
     if t.ndim != len(in_shape) + 1 or t.shape[1:] != in_shape:
@@ -193,21 +244,36 @@ def simulate(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], t0: np.n
     batch = t.shape[0]
     result: dict[str, Any] = {"times": [], "layer_inputs": [], "potentials": [], "phase1_mask": []}
     spikes, violations, phase1 = [], [], []
+    sources = [t]  # spike times of layers 0 (input), 1, ...: what input groups read
+    pending: list = []  # average pooling (and flatten after it) since the last neuron layer
     for spec in meta["layers"]:
         kind = spec["kind"]
-        if kind == "pool":
-            t = _pool(t, spec)
-        elif kind == "flatten":
-            t = t.reshape(batch, -1)
+        if kind in ("pool", "avgpool", "flatten"):
+            t, linear = _route(t, [*pending, spec] if pending else [spec])
+            pending = linear
         elif kind in ("dense", "conv2d"):
             result["layer_inputs"].append(t)
-            layer = _neuron_layer(spec, arrays, t.reshape(batch, -1))
+            m = connectivity(spec, arrays)
+            if pending:
+                m = _linear_route(pending, t.shape[1:]) @ m
+                pending = []
+            arrivals, matrices = [t.reshape(batch, -1)], [m]
+            for group in spec.get("inputs", ()) if meta["version"] >= 2 else ():
+                source = group["source"]
+                tg, linear = _route(sources[source], group["route"])
+                w = _synapses(group, np.asarray(arrays[group["weight"]], dtype=np.float64), group["in_shape"],
+                              spec["out_shape"])
+                matrices.append(_linear_route(linear, tg.shape[1:]) @ w if linear else w)
+                tg = tg.reshape(batch, -1)
+                arrivals.append(np.where(tg < boundaries[source + 1], tg + group["delay"], spec["t_min"]))
+            layer = _neuron_layer(spec, arrays, np.concatenate(arrivals, axis=1), np.concatenate(matrices, axis=0))
             result["potentials"].append(layer["potential"])
             if spec["role"] == "readout":
                 result["logits"] = layer["logits"]
                 break
             shape = (batch, *spec["out_shape"])
             t = layer["times"].reshape(shape)
+            sources.append(t)
             result["times"].append(t)
             result["phase1_mask"].append(layer["phase1"].reshape(shape))
             spikes.append(int((t < spec["t_max"]).sum()))

@@ -1,13 +1,16 @@
 """Model zoo: a timm-style registry of the ReLU architectures of SPEC 7.
 
-Every model is a plain :class:`torch.nn.Sequential` of ``Linear``, ``Conv2d``, ``BatchNorm1d/2d``,
-``ReLU``, ``MaxPool2d``, ``Flatten`` and ``Dropout`` only, so :func:`ttfs.convert` accepts it as is.
+Every model is a :class:`torch.nn.Sequential`. The chains (FC, LeNet5, VGG) hold ``Linear``, ``Conv2d``,
+``BatchNorm1d/2d``, ``ReLU``, ``MaxPool2d``, ``Flatten`` and ``Dropout`` only; the ResNets (``resnet20``,
+``resnet18_cifar``, ``resnet_small``) hold :class:`BasicBlock` or :class:`Bottleneck` modules with their
+own forward (skip connections) and global average pooling. :func:`ttfs.convert` accepts all of them as
+they are (the ResNets through torch.fx, with delayed input groups).
 Weights are Glorot (Xavier) uniform, biases zero (SPEC 4); batch norm starts at the identity
 (gamma = 1, beta = 0, running mean 0, running variance 1).
 
     >>> from ttfs.zoo import create_model, list_models
     >>> list_models()
-    ['fc16', 'fc2', 'lenet5', 'vgg16', 'vgg16_mnist', 'vgg16_places365']
+    ['fc16', 'fc2', 'lenet5', 'resnet18_cifar', 'resnet20', 'resnet_small', 'vgg16', 'vgg16_mnist', 'vgg16_places365']
     >>> model = create_model("lenet5", batch_norm=True, dropout=0.1)
 
 Common keyword arguments (every model): ``in_shape`` = (C, H, W) of one input (a per-model default),
@@ -16,7 +19,9 @@ where it goes is stated per model). The VGGs take ``width_multiplier`` (scales e
 conv channels and dense layers, never the number of classes; at least 1 unit per layer) and
 ``bn_position`` ("after": conv -> ReLU -> BN as in the public pretrained CIFAR VGG16, whose batch
 norm the converter folds into the next layer; "before": conv -> BN -> ReLU). Flatten sizes are
-computed from ``in_shape``. The built model carries its resolved arguments in ``model.config``.
+computed from ``in_shape``. The ResNets take ``width_multiplier`` and ``block`` ("basic" or "bottleneck");
+their ``batch_norm`` (default True) puts BN before each ReLU and on projection shortcuts, and
+``dropout`` goes before the readout. The built model carries its resolved arguments in ``model.config``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["UnknownModelError", "create_model", "list_models", "model_defaults", "register_model"]
@@ -324,3 +330,112 @@ def vgg16_places365(*, in_shape=(3, 224, 224), num_classes: int = 365, batch_nor
     _check(num_classes, dropout)
     return _vgg(_VGG16, in_shape, [4096, 4096], num_classes, batch_norm, bn_position,
                 [None] * 13, None, dropout, width_multiplier)
+
+
+# -- ResNets -------------------------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    """conv 3x3 -> [BN] -> ReLU -> conv 3x3 -> [BN], plus the shortcut, -> ReLU (He et al. 2016).
+
+    The shortcut is the identity, or a 1x1 convolution (stride ``stride``) -> [BN] where the shape
+    changes (option B): both are linear, so the block converts exactly (an identity shortcut becomes a
+    fixed delayed input group of the SNN, a projection a trainable one).
+    """
+
+    expansion = 1
+
+    def __init__(self, c_in: int, planes: int, stride: int = 1, batch_norm: bool = True):
+        super().__init__()
+        c_out = planes * self.expansion
+        bn = (lambda n: nn.BatchNorm2d(n)) if batch_norm else (lambda n: nn.Identity())
+        self.conv1 = nn.Conv2d(c_in, planes, 3, stride, 1, bias=not batch_norm)
+        self.bn1 = bn(planes)
+        self.conv2 = nn.Conv2d(planes, c_out, 3, 1, 1, bias=not batch_norm)
+        self.bn2 = bn(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), bn(c_out))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class Bottleneck(BasicBlock):
+    """conv 1x1 -> conv 3x3 (stride) -> conv 1x1 (x4 channels), each with [BN], ReLU after the sum."""
+
+    expansion = 4
+
+    def __init__(self, c_in: int, planes: int, stride: int = 1, batch_norm: bool = True):
+        nn.Module.__init__(self)
+        c_out = planes * self.expansion
+        bn = (lambda n: nn.BatchNorm2d(n)) if batch_norm else (lambda n: nn.Identity())
+        self.conv1 = nn.Conv2d(c_in, planes, 1, bias=not batch_norm)
+        self.bn1 = bn(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=not batch_norm)
+        self.bn2 = bn(planes)
+        self.conv3 = nn.Conv2d(planes, c_out, 1, bias=not batch_norm)
+        self.bn3 = bn(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), bn(c_out))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        return F.relu(self.bn3(self.conv3(y)) + self.shortcut(x))
+
+
+_BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+def _resnet(in_shape, num_classes: int, stages: Sequence[int], widths: Sequence[int], block: str,
+            batch_norm: bool, dropout: float | None, width_multiplier: float) -> nn.Sequential:
+    """stem conv 3x3 -> [BN] -> ReLU, stages of blocks (stride 2 from the second stage on), global average
+    pooling, flatten, [dropout], linear readout: an nn.Sequential whose blocks have their own forward."""
+    c, h, w = _shape(in_shape, 3)
+    _check(num_classes, dropout)
+    if block not in _BLOCKS:
+        raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {block!r}")
+    kind = _BLOCKS[block]
+    widths = [_width(v, width_multiplier) for v in widths]
+    size = _after((h, w), "the stem", 3, 1, 1)
+    layers: list[nn.Module] = [nn.Conv2d(c, widths[0], 3, 1, 1, bias=not batch_norm)]
+    layers += [nn.BatchNorm2d(widths[0])] if batch_norm else []
+    layers.append(nn.ReLU())
+    channels = widths[0]
+    for i, (count, planes) in enumerate(zip(stages, widths, strict=True)):
+        for j in range(int(count)):
+            stride = 2 if i > 0 and j == 0 else 1
+            size = _after(size, f"stage {i + 1}", 3, stride, 1)
+            layers.append(kind(channels, planes, stride, batch_norm))
+            channels = planes * kind.expansion
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), *_dropout(dropout), nn.Linear(channels, int(num_classes))]
+    model = _init(nn.Sequential(*layers))
+    model.config = {"in_shape": (c, h, w)}
+    return model
+
+
+@register_model
+def resnet20(*, in_shape=(3, 32, 32), num_classes: int = 10, batch_norm: bool = True, dropout: float = 0.0,
+             width_multiplier: float = 1.0, block: str = "basic") -> nn.Sequential:
+    """CIFAR ResNet-20 (He et al. 2016): 3 stages of 3 BasicBlocks, 16/32/64 channels, projection
+    shortcuts (option B), global average pooling, dropout (if any) before the readout."""
+    return _resnet(in_shape, num_classes, (3, 3, 3), (16, 32, 64), block, batch_norm, dropout, width_multiplier)
+
+
+@register_model
+def resnet18_cifar(*, in_shape=(3, 32, 32), num_classes: int = 10, batch_norm: bool = True, dropout: float = 0.0,
+                   width_multiplier: float = 1.0, block: str = "basic") -> nn.Sequential:
+    """ResNet-18 for 32x32 inputs: a 3x3 stem without max-pool, 4 stages of 2 BasicBlocks, 64..512 channels
+    (``block="bottleneck"`` gives the Bottleneck variant), global average pooling, readout."""
+    return _resnet(in_shape, num_classes, (2, 2, 2, 2), (64, 128, 256, 512), block, batch_norm, dropout,
+                   width_multiplier)
+
+
+@register_model
+def resnet_small(*, in_shape=(1, 28, 28), num_classes: int = 10, batch_norm: bool = True, dropout: float = 0.0,
+                 width_multiplier: float = 1.0, block: str = "basic") -> nn.Sequential:
+    """A small ResNet for Fashion-MNIST: 3 stages of one block, 16/32/64 channels (28 -> 14 -> 7)."""
+    return _resnet(in_shape, num_classes, (1, 1, 1), (16, 32, 64), block, batch_norm, dropout, width_multiplier)
