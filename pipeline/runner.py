@@ -4,6 +4,13 @@ A stage is a plain function decorated with :func:`stage`; the decorator turns it
 exit status``. Expected failures (:class:`pipeline.errors.PipelineError`, a diverged training) end
 with a one-paragraph message and a non-zero status; SIGTERM and SIGINT end the MLflow run as KILLED
 and keep every checkpoint; anything else is a bug and keeps its traceback.
+
+Training stages (``distributed=True``: pretrain, finetune, sweep) run unchanged under
+``torchrun --nproc_per_node N``: the runner joins the process group (NCCL on CUDA, gloo on the CPU),
+each rank takes its own GPU (``device: auto``/``cuda`` -> ``cuda:$LOCAL_RANK``), training is
+data-parallel and exact (:mod:`ttfs.distributed`, :func:`pipeline.training.fit`), and rank 0 alone
+writes results, checkpoints, plots and MLflow runs (:attr:`Experiment.main`). Without torchrun nothing
+of this runs.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ttfs import SNN, convert, zoo
+from ttfs import SNN, convert, distributed, zoo
 from ttfs.train import DivergenceError, TensorBatches
 
 from . import params as P
@@ -28,7 +35,7 @@ from .artifacts import Paths, prepared_dir
 from .data import Prepared, load_prepared
 from .errors import ParamsError, PipelineError
 from .results import PretrainResult, lineage_digest
-from .tracking import REFERENCE, StageRun, Tracker, project_root, run_params
+from .tracking import REFERENCE, NullRun, StageRun, Tracker, project_root, run_params
 
 EXIT_FAILED, EXIT_PARAMS, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -55,12 +62,13 @@ RESUMES = "its MLflow run is marked KILLED and the next run resumes from the las
 
 
 def stage(name: str, target: str | None = "experiment",
-          arguments: Callable[[argparse.ArgumentParser], None] | None = None, on_interrupt: str = RESUMES):
+          arguments: Callable[[argparse.ArgumentParser], None] | None = None, on_interrupt: str = RESUMES,
+          distributed_ok: bool = False):
     """Decorate ``body(ctx: Context)`` into ``main(argv=None) -> int``, the stage's command line.
 
     ``target`` names the positional argument (``experiment``, ``dataset`` or None for whole-project
     stages); ``arguments`` adds stage-specific options to the parser; ``on_interrupt`` says what an
-    interruption keeps.
+    interruption keeps; ``distributed_ok`` lets the stage run under torchrun (see the module docstring).
     """
 
     def decorate(body: Callable[[Context], Any]) -> Callable[[list[str] | None], int]:
@@ -76,12 +84,21 @@ def stage(name: str, target: str | None = "experiment",
             args = parser.parse_args(argv)
             label = f"{name} {args.name}" if target else name
             previous = signal.signal(signal.SIGTERM, _interrupt)
+            joined = False
             try:
                 params = P.load(args.params)
                 if target == "dataset":
                     params.dataset(args.name)
                 elif target == "experiment":
                     params.experiment(args.name)
+                if distributed.launched():
+                    if not distributed_ok:
+                        raise ParamsError(
+                            f"stage {name} does not train and runs in one process; start it without torchrun "
+                            "(only pretrain, finetune and sweep run data-parallel)")
+                    spec = params.experiment(args.name).device
+                    joined = distributed.init(P.resolve_device(spec, f"experiments.{args.name}.device",
+                                                               distributed.local_rank()))
                 body(Context(name, getattr(args, "name", None), params, args))
             except ParamsError as e:
                 print(f"invalid params: {e}", file=sys.stderr)
@@ -94,6 +111,8 @@ def stage(name: str, target: str | None = "experiment",
                 return EXIT_INTERRUPTED
             finally:
                 signal.signal(signal.SIGTERM, previous)
+                if joined:
+                    distributed.leave()
             return 0
 
         return main
@@ -141,7 +160,14 @@ class Experiment:
 
     @cached_property
     def device(self) -> torch.device:
-        return P.resolve_device(self.params.device, f"experiments.{self.name}.device")
+        """The device of this process: under torchrun ``auto``/``cuda`` is the GPU of its LOCAL_RANK."""
+        local = distributed.local_rank() if distributed.launched() else None
+        return P.resolve_device(self.params.device, f"experiments.{self.name}.device", local)
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes outputs: always, except data-parallel ranks other than 0."""
+        return distributed.world()[0] == 0
 
     @property
     def dtype(self) -> torch.dtype:
@@ -196,10 +222,14 @@ class Experiment:
         return {"role": role, "dataset": self.params.dataset, "model": self.params.model.name,
                 "device": str(self.device)}
 
-    def track(self, stage: str, role: str, resume: str | None = None, **tags: str) -> StageRun:
-        """The MLflow run of ``stage`` on this experiment, tagged with its params hash."""
+    def track(self, stage: str, role: str, resume: str | None = None, **tags: str) -> StageRun | NullRun:
+        """The MLflow run of ``stage`` on this experiment, tagged with its params hash (a NullRun off rank 0)."""
+        if not self.main:
+            return NullRun()
         stage_params = self.stage_params(stage)
         tags = self.tags(role) | {"params_hash": self.params_hash(stage), **tags}
+        if distributed.world()[1] > 1:
+            tags["world_size"] = str(distributed.world()[1])
         mlrun = self.tracker.run(f"{stage}@{self.name}", run_params(stage_params, stage), tags, resume=resume)
         if not mlrun.resumed:
             source = (project_root() / prepared_dir(self.params.dataset)).as_posix()

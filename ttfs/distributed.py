@@ -71,6 +71,12 @@ def init(device: torch.device | str | None = None) -> bool:
     return True
 
 
+def leave() -> None:
+    """Leave the process group :func:`init` joined (at the end of a torchrun process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def shard(batches: Iterable[tuple[Tensor, Tensor]], rank: int | Replicas, world_size: int | None = None
           ) -> Iterator[tuple[Tensor, Tensor]]:
     """This process's slice of each global batch (``torch.tensor_split`` into ``world_size`` parts).
@@ -177,4 +183,4 @@ class Replicas:
         return self.ddp(z, y, scale, l1, kappa, lean)
 
 
-__all__ = ["Replicas", "init", "launched", "local_rank", "shard", "world"]
+__all__ = ["Replicas", "init", "launched", "leave", "local_rank", "shard", "world"]
