@@ -114,6 +114,7 @@ class Places365Params(SplitParams):
     download: bool = False  # 24 GB: never implicitly
     small: bool = True  # the 256x256 images
     image_size: PositiveInt = 224
+    workers: PositiveInt = 4  # threads hashing the images in prepare; DataLoader worker processes when streaming
 
 
 class SyntheticParams(SplitParams):

@@ -108,7 +108,7 @@ def fit(
     try:
         for epoch in range(len(history) + 1, p.epochs + 1):
             source = augmented or train
-            if replicas is not None:
+            if replicas is not None and not getattr(train, "sharded", False):  # (streamed: loads its slice)
                 source = shard(source, replicas)
             batches = tqdm(source, total=len(train), desc=f"{desc} epoch {epoch}/{p.epochs}", unit="batch",
                            mininterval=2.0, leave=False, file=sys.stderr, disable=rank != 0)

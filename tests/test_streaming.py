@@ -1,0 +1,120 @@
+"""PLACES365 streamed from torchvision's layout: index + checksums, DataLoader batches, sharding, damage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.data import prepare
+from pipeline.errors import ChecksumError, DataNotFoundError
+from pipeline.params import Places365Params
+from pipeline.streaming import StreamBatches, load_streamed
+from ttfs.train import TensorBatches, train_epoch
+
+CLASSES = ["/a/airfield", "/b/beach", "/c/canyon"]
+
+
+def fake_places365(root: Path, per_class: int = 12, test_per_class: int = 4, size: int = 40, seed: int = 0) -> Path:
+    """torchvision's Places365 layout (small variant) with generated JPEG and PNG images: one colour per class."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    (root / "categories_places365.txt").write_text("".join(f"{c} {i}\n" for i, c in enumerate(CLASSES)))
+    train_lines, val_lines = [], []
+    for label, name in enumerate(CLASSES):
+        for k in range(per_class + test_per_class):
+            pixels = np.clip(rng.normal(60 + 70 * label, 25, (size, size + 8 * (k % 2), 3)), 0, 255).astype(np.uint8)
+            ext = "jpg" if k % 3 else "png"
+            if k < per_class:
+                rel = f"{name}/{k:08d}.{ext}"
+                path = root / "data_256_standard" / rel.lstrip("/")
+                train_lines.append(f"{rel} {label}\n")
+            else:
+                rel = f"Places365_val_{label:03d}{k:05d}.{ext}"
+                path = root / "val_256" / rel
+                val_lines.append(f"/{rel} {label}\n")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+    train_lines.append(f"{CLASSES[0]}/99999999.jpg 0\n")  # listed but not on disk: counted, not indexed
+    (root / "places365_train_standard.txt").write_text("".join(train_lines))
+    (root / "places365_val.txt").write_text("".join(val_lines))
+    return root
+
+
+def _prepare(tmp_path: Path, **kw):
+    root = fake_places365(tmp_path / "places365")
+    params = Places365Params(root=str(root), val_size=6, image_size=16, workers=2, **kw)
+    meta, source = prepare("places365", params, tmp_path / "prepared", tmp_path / "raw")
+    return root, meta, source
+
+
+def test_prepare_writes_an_index_with_checksums_of_the_files_present(tmp_path):
+    root, meta, source = _prepare(tmp_path)
+    assert str(root) in source and str(root) not in (tmp_path / "prepared" / "meta.json").read_text()
+    assert (meta["train_size"], meta["val_size"], meta["test_size"]) == (30, 6, 12)
+    assert meta["missing_images"] == {"train": 1, "test": 0} and meta["file_lists_official"] is False
+    assert meta["in_shape"] == [3, 16, 16] and meta["num_classes"] == 3
+    assert sorted(p.name for p in (tmp_path / "prepared").iterdir()) == ["meta.json", "test.tsv", "train.tsv",
+                                                                         "val.tsv"]
+    data = load_streamed(tmp_path / "prepared", root)
+    assert sorted(np.bincount([e.label for e in data.entries["val"]]).tolist()) == [2, 2, 2]  # stratified
+    first = data.entries["train"][0]
+    assert first.size == (root / first.path).stat().st_size
+    # standardised inputs: mean ~0, std ~1 per channel over the training images
+    x = torch.stack([data.dataset("train")[i][0] for i in range(30)])
+    assert x.mean(dim=(0, 2, 3)).abs().max() < 0.15 and (x.std(dim=(0, 2, 3)) - 1).abs().max() < 0.15
+    # the same images elsewhere: byte-identical prepared files
+    again = tmp_path / "elsewhere"
+    fake_places365(again / "places365")
+    prepare("places365", Places365Params(root=str(again / "places365"), val_size=6, image_size=16, workers=1),
+            again / "prepared", tmp_path / "raw")
+    for name in ("meta.json", "train.tsv", "val.tsv", "test.tsv"):
+        assert (again / "prepared" / name).read_bytes() == (tmp_path / "prepared" / name).read_bytes()
+
+
+def test_streamed_batches_follow_the_in_memory_order_and_shard_per_rank(tmp_path):
+    root, meta, _ = _prepare(tmp_path)
+    data = load_streamed(tmp_path / "prepared", root)
+    ds = data.dataset("train")
+    memory = torch.stack([ds[i][0] for i in range(len(ds))])
+    streamed = list(StreamBatches(ds, 8, shuffle=True, seed=3, workers=2))
+    in_memory = list(TensorBatches(memory, ds.labels, 8, shuffle=True, seed=3))
+    assert len(streamed) == len(in_memory) == 4
+    for (a, y), (b, z) in zip(streamed, in_memory, strict=True):
+        assert torch.equal(a, b) and torch.equal(y, z)
+    parts = [list(StreamBatches(ds, 8, shuffle=True, seed=3, rank=r, world=3)) for r in range(3)]
+    for k, (x, y) in enumerate(streamed):
+        assert torch.equal(torch.cat([p[k][0] for p in parts]), x)
+        assert torch.equal(torch.cat([p[k][1] for p in parts]), y)
+
+
+def test_a_tiny_network_trains_on_streamed_batches(tmp_path):
+    root, meta, _ = _prepare(tmp_path)
+    data = load_streamed(tmp_path / "prepared", root)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batches = StreamBatches(data.dataset("train"), 8, seed=0, workers=1)
+    losses = [train_epoch(model, batches, opt)["loss"] for _ in range(4)]
+    assert losses[-1] < losses[0]
+
+
+def test_damaged_or_missing_data_is_an_error_naming_the_file(tmp_path):
+    root, meta, _ = _prepare(tmp_path)
+    data = load_streamed(tmp_path / "prepared", root)
+    entry = data.entries["train"][0]
+    path = root / entry.path
+    path.write_bytes(path.read_bytes()[:-10])  # truncated
+    with pytest.raises(ChecksumError, match=f"{path.name}.*truncated or replaced"):
+        list(StreamBatches(data.dataset("train"), 64, shuffle=False))
+    index = tmp_path / "prepared" / "train.tsv"
+    index.write_text(index.read_text().replace("\t0\t", "\t1\t", 1))
+    with pytest.raises(ChecksumError, match="train.tsv: missing or checksum mismatch"):
+        load_streamed(tmp_path / "prepared", root)
+    with pytest.raises(DataNotFoundError, match="torchvision's Places365 layout"):
+        prepare("places365", Places365Params(root=str(tmp_path / "nowhere")), tmp_path / "p2", tmp_path / "raw")
+    assert json.loads((tmp_path / "prepared" / "meta.json").read_text())["format"] == "image_index"
