@@ -35,6 +35,7 @@ from .artifacts import Paths, prepared_dir
 from .data import Prepared, load_prepared
 from .errors import ParamsError, PipelineError
 from .results import PretrainResult, lineage_digest
+from .streaming import StreamBatches, Streamed, is_streamed, load_streamed
 from .tracking import REFERENCE, NullRun, StageRun, Tracker, project_root, run_params
 
 EXIT_FAILED, EXIT_PARAMS, EXIT_INTERRUPTED = 1, 2, 130
@@ -51,7 +52,8 @@ class Context:
 
     @cached_property
     def experiment(self) -> Experiment:
-        return Experiment(self.name, self.params.experiment(self.name))
+        exp = self.params.experiment(self.name)
+        return Experiment(self.name, exp, self.params.datasets.get(exp.dataset))
 
 
 def _interrupt(signum, _frame):
@@ -135,6 +137,21 @@ class _Calibration:
             yield chunk.to(self.device, torch.float64)
 
 
+class _StreamedCalibration:
+    """:class:`_Calibration` of the first ``samples`` streamed training inputs (in index order)."""
+
+    def __init__(self, batches: StreamBatches, samples: int | None):
+        self.batches, self.samples = batches, samples
+
+    def __iter__(self):
+        left = self.samples if self.samples is not None else len(self.batches.labels)
+        for x, _ in self.batches:
+            if left <= 0:
+                return
+            yield x[:left]
+            left -= len(x)
+
+
 @dataclass
 class Reference:
     """The experiment's reference ReLU network: its numbers (pretrain.json) and its MLflow run."""
@@ -153,6 +170,7 @@ class Experiment:
 
     name: str
     params: P.ExperimentParams
+    dataset_params: Any = None  # data.datasets.<dataset>: where a streamed dataset's images lie
 
     @cached_property
     def tracker(self) -> Tracker:
@@ -178,8 +196,16 @@ class Experiment:
         return Paths(self.name)
 
     @cached_property
-    def data(self) -> Prepared:
-        return load_prepared(prepared_dir(self.params.dataset))
+    def data(self) -> Prepared | Streamed:
+        """The prepared dataset: tensors in memory, or an image index streamed from its root (PLACES365)."""
+        directory = prepared_dir(self.params.dataset)
+        if is_streamed(directory):
+            return load_streamed(directory, getattr(self.dataset_params, "root", None))
+        return load_prepared(directory)
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.data, Streamed)
 
     def shared(self) -> dict:
         """The experiment-level keys every stage depends on (besides its own section)."""
@@ -194,9 +220,18 @@ class Experiment:
         return P.params_hash(self.stage_params(section))
 
     def batches(self, split: str, batch_size: int, shuffle: bool, dtype: torch.dtype | None = None) -> TensorBatches:
-        """Batches of ``train`` (training only), ``val`` (every choice and curve) or ``test`` (reported once)."""
-        x, y = self.data.split(split)
+        """Batches of ``train`` (training only), ``val`` (every choice and curve) or ``test`` (reported once).
+
+        A streamed dataset gives :class:`pipeline.streaming.StreamBatches`; shuffled training batches then
+        load only this process's slice under torchrun.
+        """
         dtype = dtype or self.dtype
+        if self.streamed:
+            rank, world = distributed.world() if split == "train" and shuffle else (0, 1)
+            return StreamBatches(self.data.dataset(split), batch_size, shuffle=shuffle, seed=self.params.seed,
+                                 device=self.device, dtype=dtype, workers=getattr(self.dataset_params, "workers", 0),
+                                 rank=rank, world=world)
+        x, y = self.data.split(split)
         return TensorBatches(x.to(self.device, dtype), y.to(self.device), batch_size, shuffle=shuffle,
                              seed=self.params.seed, device=self.device, dtype=dtype)
 
@@ -208,10 +243,13 @@ class Experiment:
 
     def calibrated_snn(self, relu: torch.nn.Module, samples: int | None, zeta: float, batch_size: int) -> SNN:
         """B1 SNN of ``relu`` in float64, windows (1 + zeta) X_n from the first ``samples`` training inputs."""
-        x = self.data.train_x if samples is None else self.data.train_x[:samples]
         relu64 = copy.deepcopy(relu).to(self.device, torch.float64)
-        return convert(relu64, _Calibration(x, batch_size, self.device), in_range=self.data.in_range, zeta=zeta,
-                       dtype=torch.float64)
+        if self.streamed:
+            calibration = _StreamedCalibration(self.batches("train", batch_size, False, torch.float64), samples)
+        else:
+            x = self.data.train_x if samples is None else self.data.train_x[:samples]
+            calibration = _Calibration(x, batch_size, self.device)
+        return convert(relu64, calibration, in_range=self.data.in_range, zeta=zeta, dtype=torch.float64)
 
     def lineage(self) -> dict[str, str]:
         """Input identity recorded in model files and results (deterministic: checksums, never run ids)."""

@@ -320,6 +320,11 @@ class Streamed:
         return ImageIndex(self.root, self.entries[split], self.in_shape[-1], enc["mean"], enc["std"], self.verify)
 
 
+def is_streamed(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a prepared image index (not tensors)."""
+    return (Path(directory) / "train.tsv").is_file()
+
+
 def load_streamed(directory: str | Path, root: str | Path | None) -> Streamed:
     """A prepared image index, its files checked against meta.json; ``root`` is where the images lie."""
     directory = Path(directory)

@@ -118,3 +118,39 @@ def test_damaged_or_missing_data_is_an_error_naming_the_file(tmp_path):
     with pytest.raises(DataNotFoundError, match="torchvision's Places365 layout"):
         prepare("places365", Places365Params(root=str(tmp_path / "nowhere")), tmp_path / "p2", tmp_path / "raw")
     assert json.loads((tmp_path / "prepared" / "meta.json").read_text())["format"] == "image_index"
+
+
+def test_places365_stages_end_to_end_on_a_generated_tree(tmp_path, monkeypatch):
+    """prepare -> pretrain -> convert (exact) -> finetune -> evaluate, the real stages streaming the images."""
+    import yaml
+
+    from stages import convert, evaluate, finetune, pretrain
+    from stages import prepare as prepare_stage
+
+    root = fake_places365(tmp_path / "images")
+    params = {
+        "data": {"datasets": {"places365": {"root": str(root), "val_size": 6, "image_size": 32, "workers": 1}}},
+        "experiments": {"p365": {
+            "dataset": "places365", "seed": 0, "device": "cpu", "dtype": "float64",
+            "model": {"name": "vgg16_places365", "width_multiplier": 1 / 32},
+            "pretrain": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "eval_batch_size": 16, "chance_margin": None},
+            "convert": {"batch_size": 16},
+            "finetune": {"mode": "converted", "epochs": 1, "batch_size": 8, "lr": 1e-4, "eval_batch_size": 16},
+            "evaluate": {"batch_size": 16},
+            "sweep": {},  # (the sweep holds its data in memory: not run on a streamed dataset)
+        }},
+    }
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    assert prepare_stage.main(["places365"]) == 0
+    assert not list((work / "data/prepared/places365").glob("*.pt"))  # an index, no tensors
+    for stage in (pretrain, convert, finetune, evaluate):
+        assert stage.main(["p365"]) == 0, stage.__name__
+    conv = json.loads((work / "metrics/p365/convert.json").read_text())
+    assert conv["agreement"] == 1.0 and conv["max_rel_logit_diff"] <= 1e-9 and conv["causality_violations"] == 0
+    fin = json.loads((work / "metrics/p365/finetune.json").read_text())
+    assert fin["equivalent_relu_agreement"] == 1.0 and fin["epochs"] == 1
+    assert (work / "metrics/p365/evaluate.json").is_file()
