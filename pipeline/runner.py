@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from .data import Prepared, load_prepared
 from .errors import ParamsError, PipelineError
 from .results import PretrainResult, lineage_digest
 from .streaming import StreamBatches, Streamed, is_streamed, load_streamed
+from .threads import configure_threads
 from .tracking import REFERENCE, NullRun, StageRun, Tracker, project_root, run_params
 
 EXIT_FAILED, EXIT_PARAMS, EXIT_INTERRUPTED = 1, 2, 130
@@ -101,6 +103,8 @@ def stage(name: str, target: str | None = "experiment",
                     spec = params.experiment(args.name).device
                     joined = distributed.init(P.resolve_device(spec, f"experiments.{args.name}.device",
                                                                distributed.local_rank()))
+                if target == "experiment":
+                    _share_cores(name, params.experiment(args.name))
                 body(Context(name, getattr(args, "name", None), params, args))
             except ParamsError as e:
                 print(f"invalid params: {e}", file=sys.stderr)
@@ -120,6 +124,23 @@ def stage(name: str, target: str | None = "experiment",
         return main
 
     return decorate
+
+
+def _share_cores(stage_name: str, exp: P.ExperimentParams) -> None:
+    """Threads per process when several run on one machine: ``TTFS_JOBS`` (jobs of ``dvc queue start
+    --jobs N``) times the torchrun processes per node share the cores (:func:`pipeline.threads.configure_threads`;
+    ``TTFS_THREADS``/``OMP_NUM_THREADS`` override). One job, no torchrun: torch's default, as always."""
+    jobs = os.environ.get("TTFS_JOBS", "").strip()
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if not jobs and per_node == 1:
+        return
+    if jobs and not (jobs.isdigit() and int(jobs) >= 1):
+        raise ParamsError(f"TTFS_JOBS={jobs!r}: set it to the number of jobs sharing this machine (>= 1)")
+    workers = int(jobs or 1) * per_node
+    section = getattr(exp, stage_name, None)
+    setting = configure_threads(exp.model.name, getattr(section, "batch_size", 1), workers=workers)
+    if distributed.world()[0] == 0:
+        print(f"threads: {setting.intra_op} per process ({setting.reason})", file=sys.stderr)
 
 
 def torch_dtype(name: str) -> torch.dtype:

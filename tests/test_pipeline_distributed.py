@@ -150,3 +150,29 @@ def test_kill_9_of_a_torchrun_pretrain_resumes_with_one_process_to_the_uninterru
         assert a[key] == b[key], key
     for key in ("test_loss", "train_loss"):
         assert a[key] == pytest.approx(b[key], rel=1e-10), key
+
+
+def test_parallel_jobs_share_the_cores_and_one_job_keeps_torchs_default(monkeypatch, tiny_params):
+    from pipeline import params as P
+    from pipeline.runner import _share_cores
+    from pipeline.threads import available_cores
+
+    before = torch.get_num_threads()
+    exp = P.Params.model_validate(tiny_params).experiment("tiny_fc2")
+    vgg = exp.model_copy(update={"model": P.ModelParams(name="vgg16")})
+    try:
+        for var in ("TTFS_JOBS", "TTFS_THREADS", "OMP_NUM_THREADS", "LOCAL_WORLD_SIZE"):
+            monkeypatch.delenv(var, raising=False)
+        _share_cores("pretrain", vgg)
+        assert torch.get_num_threads() == before  # one job: untouched
+        monkeypatch.setenv("TTFS_JOBS", "2")
+        _share_cores("pretrain", vgg)  # vgg16 at batch 16: the cores split over 2 jobs
+        assert torch.get_num_threads() == max(1, available_cores() // 2)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        _share_cores("pretrain", vgg)
+        assert torch.get_num_threads() == max(1, available_cores() // 4)
+        monkeypatch.setenv("TTFS_JOBS", "two")
+        with pytest.raises(ParamsError, match="TTFS_JOBS='two'"):
+            _share_cores("pretrain", vgg)
+    finally:
+        torch.set_num_threads(before)
