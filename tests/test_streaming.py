@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,42 @@ def test_places365_stages_end_to_end_on_a_generated_tree(tmp_path, monkeypatch):
     fin = json.loads((work / "metrics/p365/finetune.json").read_text())
     assert fin["equivalent_relu_agreement"] == 1.0 and fin["epochs"] == 1
     assert (work / "metrics/p365/evaluate.json").is_file()
+
+
+_EPOCH_PEAK = """
+import resource, sys, torch
+from pipeline.streaming import StreamBatches, load_streamed
+data = load_streamed(sys.argv[1], sys.argv[2])
+torch.set_num_threads(1)
+start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if sys.argv[3] == "stream":
+    seen = sum(len(y) for _, y in StreamBatches(data.dataset("train"), 8, seed=0))
+else:  # the control: what holding the split in memory costs
+    ds = data.dataset("train")
+    seen = len(torch.stack([ds[i][0] for i in range(len(ds))]))
+print(seen, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) * 1024)
+"""
+
+
+def test_peak_memory_of_a_streamed_epoch_does_not_grow_with_the_dataset(tmp_path):
+    """One epoch over 36 and over 360 training images of 128x128: the growth of peak memory during the epoch
+    stays far below what holding the larger set in memory takes (360 x 3 x 128 x 128 float32 = 71 MB,
+    measured the same way as the control)."""
+    import subprocess
+    import sys
+
+    growth = {}
+    for per_class in (14, 122):
+        root = fake_places365(tmp_path / f"images{per_class}", per_class=per_class, test_per_class=1, size=136)
+        params = Places365Params(root=str(root), val_size=6, image_size=128, workers=2)
+        meta, _ = prepare("places365", params, tmp_path / f"prepared{per_class}", tmp_path / "raw")
+        for mode in ("stream", "memory"):
+            out = subprocess.run([sys.executable, "-c", _EPOCH_PEAK, str(tmp_path / f"prepared{per_class}"),
+                                  str(root), mode], capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+            seen, grew = map(int, out.stdout.split())
+            assert seen == meta["train_size"]
+            growth[mode, seen] = grew
+    print(f"peak memory growth (bytes) during one epoch: {growth}")
+    assert growth["memory", 360] > 60e6  # the measurement sees a split held in memory
+    assert growth["stream", 360] - growth["stream", 36] < 15e6 and growth["stream", 360] < 40e6
