@@ -194,3 +194,61 @@ def test_peak_memory_of_a_streamed_epoch_does_not_grow_with_the_dataset(tmp_path
     print(f"peak memory growth (bytes) during one epoch: {growth}")
     assert growth["memory", 360] > 60e6  # the measurement sees a split held in memory
     assert growth["stream", 360] - growth["stream", 36] < 15e6 and growth["stream", 360] < 40e6
+
+
+class _Run:
+    resumed, run_id = True, "stub"
+
+    def log_metrics(self, values: dict, step: int = 0) -> None:
+        pass
+
+
+def _streamed_fit(prepared: str, root: str, rank: int, world: int, snn: bool) -> dict:
+    import ttfs
+    from pipeline.params import FinetuneParams, PretrainParams
+    from pipeline.training import fit
+
+    data = load_streamed(prepared, root)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 12), torch.nn.ReLU(),
+                                torch.nn.Linear(12, 3)).double()
+    val = StreamBatches(data.dataset("val"), 16, shuffle=False, dtype=torch.float64)
+    if snn:
+        calib = torch.cat([x for x, _ in StreamBatches(data.dataset("train"), 16, shuffle=False,
+                                                       dtype=torch.float64)])
+        model = ttfs.convert(model, calib, in_range=data.in_range, zeta=0.0, dtype=torch.float64)
+        p = FinetuneParams(epochs=2, batch_size=7, lr=1e-2, l1=1e-3, chance_margin=None)
+    else:
+        p = PretrainParams(epochs=2, batch_size=7, lr=1e-2, l1=1e-3, chance_margin=None)
+    train = StreamBatches(data.dataset("train"), p.batch_size, seed=0, dtype=torch.float64, workers=0,
+                          rank=rank, world=world)
+    fit(model, train, val, p, Path(prepared) / f"ckpt{rank}-{world}.pt", None, _Run(), "streamed")
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _streamed_worker(rank: int, prepared: str, root: str, snn: bool) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{prepared}/rendezvous", rank=rank, world_size=2)
+    try:
+        state = _streamed_fit(prepared, root, rank, 2, snn)
+        torch.save(state, f"{prepared}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("snn", [False, True], ids=["relu", "snn"])
+def test_two_processes_loading_their_slices_train_like_one_process(tmp_path, snn):
+    """Streamed training under data parallelism: each process loads only its slice, the result is the
+    one-process result (float64, parameters and windows within 1e-10)."""
+    import torch.multiprocessing as mp
+
+    root, meta, _ = _prepare(tmp_path)
+    prepared = str(tmp_path / "prepared")
+    expected = _streamed_fit(prepared, str(root), 0, 1, snn)
+    mp.spawn(_streamed_worker, args=(prepared, str(root), snn), nprocs=2, join=True)
+    for rank in range(2):
+        got = torch.load(f"{prepared}/rank{rank}.pt")
+        for k, v in expected.items():
+            assert float((got[k] - v).abs().max()) <= 1e-10, (rank, k)
