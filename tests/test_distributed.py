@@ -138,3 +138,28 @@ def test_shard_splits_every_global_batch_in_order():
         shard(batches, 3, 3)
 
 
+
+
+def _nan_worker(rank: int, rendezvous: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
+    try:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 3)).double()
+        x = torch.rand(8, 4, dtype=torch.float64)
+        if rank == 1:
+            x[5, 2] = float("nan")  # only rank 1's slice is bad
+        batches = [(x[i:i + 2], torch.zeros(2, dtype=torch.long)) for i in range(0, 8, 2)]  # not TensorBatches
+        replicas = Replicas(model)
+        try:
+            train_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), replicas=replicas)
+        except ValueError as e:
+            Path(out, f"rank{rank}.txt").write_text(str(e))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_non_finite_input_on_one_rank_fails_the_epoch_on_every_rank(tmp_path):
+    mp.spawn(_nan_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        assert "NaN or infinite" in (tmp_path / f"rank{rank}.txt").read_text()

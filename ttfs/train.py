@@ -209,12 +209,13 @@ def _train_epoch_replicated(model, batches, optimizer, replicas: Replicas, *, l1
     totals: list[Tensor] = []
     correct: list[Tensor] = []
     seen = 0
+    probes: list[Tensor] = []  # streamed inputs: sums, non-finite if an input is; checked after the epoch's reduction
     source = _tensor_batches(batches)
     if source is not None:  # every process holds all inputs: one check, the same answer everywhere
         source.check_finite()
     for z, y in batches:
-        if source is None and z.is_floating_point() and not bool(torch.isfinite(z).all()):
-            raise ValueError("input contains NaN or infinite values; clean or impute the data before encoding")
+        if source is None and z.is_floating_point():
+            probes.append(z.sum(dtype=torch.float64))
         loss, total, logits, record = replicas.step(z, y, l1, kappa if adapt and use_lean else None, use_lean)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DDP averages the gradients over the processes
@@ -231,9 +232,13 @@ def _train_epoch_replicated(model, batches, optimizer, replicas: Replicas, *, l1
     if not totals:
         return {"loss": 0.0, "accuracy": 0.0}
     device = totals[0].device
+    probe = torch.stack(probes).sum() if probes else torch.zeros((), dtype=torch.float64, device=device)
     sums = replicas.sum(torch.stack([torch.stack(totals).to(torch.float64).sum(),
                                      torch.stack(correct).sum().to(torch.float64),
-                                     torch.tensor(float(seen), dtype=torch.float64, device=device)]))
+                                     torch.tensor(float(seen), dtype=torch.float64, device=device),
+                                     probe.to(device)]))
+    if not bool(torch.isfinite(sums[3])):  # every process sees it: all raise the same error
+        raise ValueError("input contains NaN or infinite values; clean or impute the data before encoding")
     mean_loss = float(sums[0] / sums[2])
     if not math.isfinite(mean_loss):
         raise DivergenceError(
