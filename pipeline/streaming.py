@@ -279,6 +279,13 @@ class StreamBatches:
     def __len__(self) -> int:
         return -(-len(self.dataset) // self.batch_size)
 
+    def slice(self, rank: int, world: int) -> StreamBatches:
+        """The same batches (same seed and order), of which process ``rank`` of ``world`` loads its slice."""
+        other = StreamBatches(self.dataset, self.batch_size, self.shuffle, 0, self.device, self.dtype, self.workers,
+                              rank, world)
+        other.generator.set_state(self.generator.get_state())
+        return other
+
     def index_batches(self) -> list[list[int]]:
         """This process's dataset indices of every global batch of the next epoch (advances the generator)."""
         n = len(self.dataset)

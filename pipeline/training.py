@@ -114,7 +114,7 @@ def fit(
                            mininterval=2.0, leave=False, file=sys.stderr, disable=rank != 0)
             stats = train_epoch(model, batches, opt, scheduler=scheduler, replicas=replicas, **kwargs)
             _finish_epoch(model, val, p, epoch, stats, opt, scheduler, generators, history, ckpt_path, run, desc,
-                          int(train.labels.max()) + 1, rank)
+                          int(train.labels.max()) + 1, rank, replicas)
     finally:
         if replicas is not None:
             replicas.close()
@@ -122,9 +122,17 @@ def fit(
 
 
 def _finish_epoch(model, val, p, epoch: int, stats: dict, opt, scheduler, generators, history: list[dict],
-                  ckpt_path: Path, run: StageRun, desc: str, classes: int, rank: int) -> None:
-    """Validation, metrics, learning check and checkpoint after one epoch (identical on every rank)."""
-    val_stats = evaluate(model, val) if len(val.labels) else {"loss": None, "accuracy": None}
+                  ckpt_path: Path, run: StageRun, desc: str, classes: int, rank: int,
+                  replicas: Replicas | None) -> None:
+    """Validation, metrics, learning check and checkpoint after one epoch (identical on every rank;
+    data-parallel: each rank validates its slice of every batch, the sums are reduced)."""
+    if not len(val.labels):
+        val_stats = {"loss": None, "accuracy": None}
+    elif replicas is None:
+        val_stats = evaluate(model, val)
+    else:
+        own = val.slice(replicas.rank, replicas.world) if hasattr(val, "slice") else shard(val, replicas)
+        val_stats = evaluate(model, own, replicas)
     row = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
            "val_loss": val_stats["loss"], "val_accuracy": val_stats["accuracy"],
            "lr": opt.param_groups[0]["lr"]}

@@ -248,17 +248,27 @@ def _train_epoch_replicated(model, batches, optimizer, replicas: Replicas, *, l1
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
-    """Mean cross-entropy and accuracy on ``batches`` (eval mode)."""
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+             replicas: Replicas | None = None) -> dict[str, float]:
+    """Mean cross-entropy and accuracy on ``batches`` (eval mode).
+
+    ``replicas``: ``batches`` are this process's slices (:func:`ttfs.distributed.shard`); the sums are
+    reduced over the processes, so every process returns the numbers of the whole set.
+    """
     was_training = model.training
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for z, y in batches:
+        if not len(y):  # an empty slice
+            continue
         logits = model(z)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
     model.train(was_training)
+    if replicas is not None:
+        loss_sum, correct, seen = replicas.sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64,
+                                                            device=replicas.device)).tolist()
     return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
 
