@@ -5,7 +5,7 @@ exit status``. Expected failures (:class:`pipeline.errors.PipelineError`, a dive
 with a one-paragraph message and a non-zero status; SIGTERM and SIGINT end the MLflow run as KILLED
 and keep every checkpoint; anything else is a bug and keeps its traceback.
 
-Training stages (``distributed=True``: pretrain, finetune, sweep) run unchanged under
+Training stages (``distributed_ok=True``: pretrain, finetune, sweep) run unchanged under
 ``torchrun --nproc_per_node N``: the runner joins the process group (NCCL on CUDA, gloo on the CPU),
 each rank takes its own GPU (``device: auto``/``cuda`` -> ``cuda:$LOCAL_RANK``), training is
 data-parallel and exact (:mod:`ttfs.distributed`, :func:`pipeline.training.fit`), and rank 0 alone
@@ -240,7 +240,8 @@ class Experiment:
         """The hash of a stage's params: its MLflow run's tag and its result file's ``params_hash``."""
         return P.params_hash(self.stage_params(section))
 
-    def batches(self, split: str, batch_size: int, shuffle: bool, dtype: torch.dtype | None = None) -> TensorBatches:
+    def batches(self, split: str, batch_size: int, shuffle: bool,
+                dtype: torch.dtype | None = None) -> TensorBatches | StreamBatches:
         """Batches of ``train`` (training only), ``val`` (every choice and curve) or ``test`` (reported once).
 
         A streamed dataset gives :class:`pipeline.streaming.StreamBatches`; shuffled training batches then
