@@ -15,7 +15,8 @@
 
 On a machine without CUDA it prints why it skips and writes ``{"skipped": true, ...}`` (exit status 0).
 ``--cpu`` runs every part on the CPU at toy scale instead (the test suite does so, parts 1-3 with a
-narrow VGG16 and gloo), which checks the script, not the hardware.
+narrow VGG16 and gloo), which checks the script, not the hardware; ``--cpu --width 1 --samples 96
+--batch 32`` times full VGG16 steps on the CPU.
 """
 
 from __future__ import annotations
@@ -188,13 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=RESULTS / "gpu_check.json")
-    ap.add_argument("--samples", type=int, default=50_000, help="images in the timed epoch (default 50,000)")
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--samples", type=int, help="images in the timed epoch (default 50,000; --cpu: 64)")
+    ap.add_argument("--batch", type=int, help="(global) batch size (default 128; --cpu: 16)")
+    ap.add_argument("--width", type=float, help="VGG16 width multiplier (default 1; --cpu: 1/16)")
     ap.add_argument("--cpu", action="store_true", help="run every part on the CPU at toy scale (checks the script)")
     args = ap.parse_args(argv)
     result: dict = {"environment": environment()}
     if args.cpu:
-        device, width, samples, batch = torch.device("cpu"), 1 / 16, min(args.samples, 64), min(args.batch, 16)
+        device, width, samples, batch = torch.device("cpu"), args.width or 1 / 16, args.samples or 64, args.batch or 16
         backend, gpus = "gloo", 2
     elif not torch.cuda.is_available():
         msg = "no CUDA device: the GPU check is skipped, nothing measured (run it on a GPU machine, or --cpu)"
@@ -203,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         _write(args.out, result)
         return 0
     else:
-        device, width, samples, batch = torch.device("cuda:0"), 1.0, args.samples, args.batch
+        device, width, samples, batch = torch.device("cuda:0"), args.width or 1.0, args.samples or 50_000, \
+            args.batch or 128
         backend, gpus = "nccl", torch.cuda.device_count()
     result["skipped"] = False
     result["toy_scale_on_cpu"] = args.cpu
