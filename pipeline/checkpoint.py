@@ -3,7 +3,9 @@
 They live in checkpoints/<experiment>/ (no DVC output, so ``dvc repro`` never deletes them) and are
 named by a key that hashes the stage's params and input checksums: a changed input never resumes a
 stale run. Writes go to a temporary file that replaces the old one atomically, so a kill -9 leaves
-either the previous or the new checkpoint, never a torn one. Anything else in their place (damage, a
+either the previous or the new checkpoint, never a torn one. Under torchrun only rank 0 writes and
+removes them (every rank holds the same state; all ranks read them, so a run resumes with any number
+of processes). Anything else in their place (damage, a
 file planted to run code when unpickled) is refused with an ArtifactError: see :func:`load`.
 """
 
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ttfs.distributed import world
 
 from . import deps
 from .artifacts import load_verified, sealed
@@ -41,6 +45,8 @@ def path_for(root: Path, experiment: str, stage: str, key: str) -> Path:
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
+    if world()[0] != 0:  # data-parallel: the replicas are identical, rank 0 writes
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
@@ -62,6 +68,8 @@ def load(path: Path) -> dict[str, Any] | None:
 
 
 def remove(path: Path) -> None:
+    if world()[0] != 0:
+        return
     path.unlink(missing_ok=True)
 
 

@@ -361,11 +361,10 @@ def prepare(name: str, params, out_dir: Path, download_dir: Path) -> tuple[dict,
     The source stays out of meta.json: the same data found elsewhere must give identical outputs.
     """
     spec = SPECS[name]
-    if spec.kind == "places365":
-        raise NotImplementedError(
-            "places365 cannot be held in memory as tensors; streaming it from the image folder is not "
-            "implemented yet (see docs/pipeline.md, known gaps)"
-        )
+    if spec.kind == "places365":  # too large for memory: an index of the image files (pipeline.streaming)
+        from .streaming import prepare_places365
+
+        return prepare_places365(params, out_dir, download_dir)
     classes = spec.classes
     if spec.kind == "synthetic":
         splits, source, checksums = synthetic(params), "synthetic generator", {}

@@ -114,6 +114,7 @@ class Places365Params(SplitParams):
     download: bool = False  # 24 GB: never implicitly
     small: bool = True  # the 256x256 images
     image_size: PositiveInt = 224
+    workers: PositiveInt = 4  # threads hashing the images in prepare; DataLoader worker processes when streaming
 
 
 class SyntheticParams(SplitParams):
@@ -588,14 +589,24 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): d}
 
 
-def resolve_device(spec: str, path: str = "device"):
-    """``auto`` is CUDA when available; an explicit ``cuda`` without one is an error, not a silent CPU run."""
+def resolve_device(spec: str, path: str = "device", local_rank: int | None = None):
+    """``auto`` is CUDA when available; an explicit ``cuda`` without one is an error, not a silent CPU run.
+
+    ``local_rank`` (a torchrun process): ``auto`` and ``cuda`` become ``cuda:<local_rank>``, one GPU per
+    process; a node with fewer GPUs than processes is an error.
+    """
     import torch
 
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise ParamsError(f"{path}: {spec!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    if spec == "cuda" and local_rank is not None:
+        if local_rank >= torch.cuda.device_count():
+            raise ParamsError(f"{path}: torchrun process {local_rank} needs its own GPU but this node has "
+                              f"{torch.cuda.device_count()}; start at most that many processes per node "
+                              "(--nproc_per_node) or use device: cpu")
+        spec = f"cuda:{local_rank}"
     return torch.device(spec)
 
 

@@ -253,3 +253,38 @@ class StageRun:
             status = "FAILED"
             self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:5000]})
         self.client.set_terminated(self.run_id, status)
+
+
+class NullRun:
+    """A :class:`StageRun` that records nothing: the MLflow run of a data-parallel rank other than 0."""
+
+    run_id = None
+    experiment_id = None
+    resumed = False
+
+    def log_batch(self, metrics=(), params=(), tags=()) -> None:
+        pass
+
+    def log_metrics(self, values: dict[str, Any], step: int = 0) -> None:
+        pass
+
+    def log_headline(self, values: dict[str, Any], step: int = 0) -> dict[str, float]:
+        return {}
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str = "train") -> None:
+        pass
+
+    def register_model(self, name: str, artifact_path: str, description: str = "") -> str:
+        return ""
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def __enter__(self) -> NullRun:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        return None

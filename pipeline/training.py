@@ -2,6 +2,12 @@
 
 A resumed run restores model, optimiser, scheduler and every RNG stream from the checkpoint of the
 last finished epoch, so it ends with exactly the metrics of an uninterrupted run with the same seed.
+
+Under torchrun (a process group with more than one process) the same loop trains data-parallel
+(:mod:`ttfs.distributed`): every process draws the same global batches (and augments them the same
+way), trains on its slice, and takes the one-process step of the global batch; rank 0 alone writes
+checkpoints and MLflow metrics. The checkpoint holds only global state (the batch order and
+augmentation streams are the global ones), so a run resumes with any number of processes.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ttfs.distributed import Replicas, shard, world
 from ttfs.train import TensorBatches, evaluate, exponential_decay, train_epoch
 
 from . import checkpoint
@@ -51,7 +58,7 @@ class Augmented:
     """Training batches passed through :func:`crop_flip` with their own seeded generator."""
 
     def __init__(self, batches: TensorBatches, seed: int):
-        self.batches = batches
+        self.batches = self.iterable = batches  # (``iterable``: found by ttfs.train's input check)
         self.generator = torch.Generator().manual_seed(seed + 1)
 
     def __len__(self) -> int:
@@ -96,25 +103,51 @@ def fit(
     kwargs = {"l1": p.l1, "nonpositive_bias": p.nonpositive_bias}
     if isinstance(p, FinetuneParams):
         kwargs |= {"kappa": p.kappa, "adapt_windows": p.adapt_windows}
-    for epoch in range(len(history) + 1, p.epochs + 1):
-        batches = tqdm(augmented or train, total=len(train), desc=f"{desc} epoch {epoch}/{p.epochs}", unit="batch",
-                       mininterval=2.0, leave=False, file=sys.stderr)
-        stats = train_epoch(model, batches, opt, scheduler=scheduler, **kwargs)
-        val_stats = evaluate(model, val) if len(val.labels) else {"loss": None, "accuracy": None}
-        row = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
-               "val_loss": val_stats["loss"], "val_accuracy": val_stats["accuracy"],
-               "lr": opt.param_groups[0]["lr"]}
-        run.log_metrics(_metrics(row), step=epoch)
-        check_learning(row, p, int(train.labels.max()) + 1, desc)
-        history.append(row)
-        print(f"{desc} epoch {epoch}/{p.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
+    rank, world_size = world()
+    replicas = Replicas(model) if world_size > 1 and len(history) < p.epochs else None
+    try:
+        for epoch in range(len(history) + 1, p.epochs + 1):
+            source = augmented or train
+            if replicas is not None and not getattr(train, "sharded", False):  # (streamed: loads its slice)
+                source = shard(source, replicas)
+            batches = tqdm(source, total=len(train), desc=f"{desc} epoch {epoch}/{p.epochs}", unit="batch",
+                           mininterval=2.0, leave=False, file=sys.stderr, disable=rank != 0)
+            stats = train_epoch(model, batches, opt, scheduler=scheduler, replicas=replicas, **kwargs)
+            _finish_epoch(model, val, p, epoch, stats, opt, scheduler, generators, history, ckpt_path, run, desc,
+                          int(train.labels.max()) + 1, rank, replicas)
+    finally:
+        if replicas is not None:
+            replicas.close()
+    return history
+
+
+def _finish_epoch(model, val, p, epoch: int, stats: dict, opt, scheduler, generators, history: list[dict],
+                  ckpt_path: Path, run: StageRun, desc: str, classes: int, rank: int,
+                  replicas: Replicas | None) -> None:
+    """Validation, metrics, learning check and checkpoint after one epoch (identical on every rank;
+    data-parallel: each rank validates its slice of every batch, the sums are reduced)."""
+    if not len(val.labels):
+        val_stats = {"loss": None, "accuracy": None}
+    elif replicas is None:
+        val_stats = evaluate(model, val)
+    else:
+        own = val.slice(replicas.rank, replicas.world) if hasattr(val, "slice") else shard(val, replicas)
+        val_stats = evaluate(model, own, replicas)
+    row = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
+           "val_loss": val_stats["loss"], "val_accuracy": val_stats["accuracy"],
+           "lr": opt.param_groups[0]["lr"]}
+    run.log_metrics(_metrics(row), step=epoch)
+    check_learning(row, p, classes, desc)
+    history.append(row)
+    if rank == 0:
+        print(f"{desc} epoch {epoch}/{p.epochs}: train loss {row['train_loss']:.4f} "
+              f"acc {row['train_accuracy']:.4f}"
               + (f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}" if row["val_loss"] is not None
                  else ""), file=sys.stderr, flush=True)
-        checkpoint.save(ckpt_path, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": checkpoint.rng_state(generators), "history": history, "run_id": run.run_id,
-        })
-    return history
+    checkpoint.save(ckpt_path, {  # rank 0 only
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
+        "rng": checkpoint.rng_state(generators), "history": history, "run_id": run.run_id,
+    })
 
 
 def check_learning(row: dict, p: PretrainParams | FinetuneParams, classes: int, desc: str) -> None:

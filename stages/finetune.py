@@ -22,7 +22,7 @@ from ttfs.metrics import compare_to_relu
 from ttfs.train import evaluate
 
 
-@stage("finetune")
+@stage("finetune", distributed_ok=True)
 def main(ctx: Context) -> None:
     """Train the SNN with exact spike-time gradients, adaptive windows and optional L1."""
     exp, name = ctx.experiment, ctx.name
@@ -42,8 +42,10 @@ def main(ctx: Context) -> None:
     val = exp.batches("val", p.eval_batch_size, shuffle=False)
     test = exp.batches("test", p.eval_batch_size, shuffle=False)
     with exp.track("finetune", "snn", resume=state and state["run_id"], finetune_mode=p.mode) as mlrun:
-        reference = exp.reference(lineage["pretrain_params_hash"])
+        reference = exp.reference(lineage["pretrain_params_hash"]) if exp.main else None
         history = fit(snn, train, val, p, ckpt, state, mlrun, f"finetune {name}", exp.params.seed)
+        if not exp.main:  # torchrun: rank 0 evaluates and writes
+            return
         final = evaluate(snn, test)
         val_final = evaluate(snn, val) if len(val.labels) else {"accuracy": None, "loss": None}
         exactness = compare_to_relu(to_relu(snn), snn, test, split="test")

@@ -29,7 +29,7 @@ def load_given(model: torch.nn.Module, p: P.PretrainParams, name: str) -> None:
     model.load_state_dict(state.get("state_dict", state))
 
 
-@stage("pretrain")
+@stage("pretrain", distributed_ok=True)
 def main(ctx: Context) -> None:
     """Train the ReLU network with optional L1 and batch norm; its MLflow run is the reference."""
     exp, name = ctx.experiment, ctx.name
@@ -48,6 +48,8 @@ def main(ctx: Context) -> None:
         else:
             train = exp.batches("train", p.batch_size, shuffle=True)
             history = fit(model, train, val, p, ckpt, state, mlrun, f"pretrain {name}", exp.params.seed)
+        if not exp.main:  # torchrun: rank 0 evaluates and writes
+            return
         final = evaluate(model, test)
         train_final = evaluate(model, exp.batches("train", p.eval_batch_size, shuffle=False))
         val_final = evaluate(model, val) if len(val.labels) else {"accuracy": None, "loss": None}

@@ -17,11 +17,20 @@ from pipeline import params as P
 from pipeline.artifacts import load_snn
 from pipeline.data import sha256_file
 from pipeline.runner import Context, stage
-from pipeline.sweeps import KINDS, MlflowRecorder, SweepData, output_files, run_sweep, summary_metrics, write_outputs
+from pipeline.sweeps import (
+    KINDS,
+    MlflowRecorder,
+    NullRecorder,
+    SweepData,
+    output_files,
+    run_sweep,
+    summary_metrics,
+    write_outputs,
+)
 from pipeline.tracking import project_root
 
 
-@stage("sweep")
+@stage("sweep", distributed_ok=True)
 def main(ctx: Context) -> dict:
     """Sweep the fine-tuned SNN of an experiment over every constraint grid; returns sweep.json."""
     exp, name = ctx.experiment, ctx.name
@@ -36,13 +45,18 @@ def main(ctx: Context) -> dict:
     state = checkpoint.load(state_path)
     data = SweepData(*exp.data.split("train"), *exp.data.split("val"), *exp.data.split("test"))
     with exp.track("sweep", "sweep", resume=state and state.get("run_id")) as parent:
-        reference = exp.reference(lineage["pretrain_params_hash"])
-        parent.set_tags({"reference_run_id": reference.run_id})
-        recorder = MlflowRecorder(exp.tracker, parent, reference, f"sweep@{name}", stage_params,
-                                  exp.tags("sweep_setting"))
+        if exp.main:
+            reference = exp.reference(lineage["pretrain_params_hash"])
+            parent.set_tags({"reference_run_id": reference.run_id})
+            recorder = MlflowRecorder(exp.tracker, parent, reference, f"sweep@{name}", stage_params,
+                                      exp.tags("sweep_setting"))
+        else:  # torchrun: every rank runs every setting (fine-tuning data-parallel), rank 0 records
+            recorder = NullRecorder()
         result = run_sweep(snn, data, sp, conversion_windows=conversion_windows, seed=exp.params.seed,
                            device=exp.device, dtype=exp.dtype, state_path=state_path, state=state,
                            recorder=recorder, desc=f"sweep {name}")
+        if not exp.main:
+            return result
         write_outputs(paths, name, result, exp.params_hash("sweep"), lineage)
         parent.log_metrics(summary_metrics(result))
         for path in output_files(paths):

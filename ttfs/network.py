@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -154,6 +155,11 @@ class _Edges:
 _HOST_MARGIN = 1.0 - 1e-6  # see SNN._grow_windows_host
 
 
+def _latest(t: Tensor) -> Tensor:
+    """The earliest spike of an empty slice (a data-parallel process without samples): +inf, no growth."""
+    return torch.full((), float("inf"), dtype=t.dtype, device=t.device)
+
+
 class _Plan:
     """The layer list read once for the lean step: (module, role, pool) per step.
 
@@ -217,17 +223,22 @@ class SNN(nn.Module):
         self.register_buffer("t_start", torch.tensor(float(t_start), dtype=deltas.dtype))
         # Optional hardware constraints on emitted spikes (ttfs.constraints); None = exact network.
         self.spike_constraints: nn.Module | None = None
+        # Data-parallel training (ttfs.distributed.Replicas): reduces the per-layer earliest spike times
+        # over the processes (MIN) before the adaptive window rule; None = one process.
+        self.window_reduction: Callable[[Tensor], Tensor] | None = None
         self._edges: _Edges | None = None
         self._plan: _Plan | None = None
 
     def __getstate__(self):
         state = super().__getstate__()
         state["_edges"] = state["_plan"] = None  # caches: rebuilt on use (a copy gets its own)
+        state["window_reduction"] = None  # belongs to a running process group, not to the network
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.pop("_edges_key", None)  # the cache key of older versions
+        self.__dict__.setdefault("window_reduction", None)
         self._edges = self._plan = None
 
     @property
@@ -382,7 +393,8 @@ class SNN(nn.Module):
         acts: list[Tensor] = []
         earliest: list = []  # per hidden layer: min spike time (a float on the CPU, else a 0-d tensor)
         adapt = kappa is not None
-        host = e.host
+        reduce = self.window_reduction
+        host = e.host and reduce is None
         pending: Tensor | None = None  # the last hidden layer's spike times, its activation still to be taken
         n = 1
         for layer, role, pool in plan.steps:
@@ -398,7 +410,9 @@ class SNN(nn.Module):
                 pending = None
             if role == 2:
                 if adapt and earliest:
-                    if host:
+                    if reduce is not None:
+                        self._grow_windows(e, [reduce(torch.stack(earliest))], e.hidden_t_max, kappa)
+                    elif host:
                         self._grow_windows_host(e, earliest, kappa)
                     else:
                         self._grow_windows(e, earliest, e.hidden_t_max, kappa)
@@ -408,7 +422,7 @@ class SNN(nn.Module):
             if pool is None:
                 t = t_max - y  # t_max - ReLU(Wx + D): SpikingNeurons.forward for B1
                 if adapt:
-                    m = t.detach().amin()
+                    m = t.detach().amin() if reduce is None or t.numel() else _latest(t)
                     earliest.append(m.item() if host else m)
                 if activations:
                     pending = t
@@ -418,7 +432,8 @@ class SNN(nn.Module):
                     covers = pool.stride == pool.kernel_size and pool.padding == (0, 0) \
                         and y.shape[-2] % pool.kernel_size[0] == 0 \
                         and y.shape[-1] % pool.kernel_size[1] == 0
-                    m = t.detach().amin() if covers else t_max - y.detach().amax()
+                    m = (t.detach().amin() if covers else t_max - y.detach().amax()) if reduce is None or t.numel() \
+                        else _latest(t)
                     earliest.append(m.item() if host else m)
                 if activations:
                     acts.append(t_max - (t_max - y))
@@ -438,15 +453,22 @@ class SNN(nn.Module):
         """
         if self.spike_constraints is not None or not self._layer_plan().b1 or not record.times:
             return
+        reduce = self.window_reduction  # data-parallel: the earliest spikes over every process
         if self.residual:  # a window holds every input entering it (window_sources)
             b = record.boundaries
-            peaks = [b[1] - record.input_times.detach().amin()]
-            peaks += [b[n + 1] - t.detach().amin() for n, t in enumerate(record.times, start=1)]
-            need = torch.stack([torch.stack([peaks[m] for m in ms]).amax() for ms in self.window_sources()])
+            times = [record.input_times, *record.times]
+            earliest = torch.stack([t.detach().amin() if reduce is None or t.numel() else _latest(t) for t in times])
+            if reduce is not None:
+                earliest = reduce(earliest)
+            peaks = b[1:len(times) + 1] - earliest
+            need = torch.stack([peaks[list(ms)].amax() for ms in self.window_sources()])
             self._grow_windows(self._current_edges(), [-need], torch.zeros_like(need), kappa)
             return
-        earliest = [t.detach().amin() for t in record.times]
-        self._grow_windows(self._current_edges(), earliest, record.boundaries[2:len(earliest) + 2], kappa)
+        earliest = [t.detach().amin() if reduce is None or t.numel() else _latest(t) for t in record.times]
+        t_max = record.boundaries[2:len(earliest) + 2]
+        if reduce is not None:
+            earliest = [reduce(torch.stack(earliest))]
+        self._grow_windows(self._current_edges(), earliest, t_max, kappa)
 
     @classmethod
     def _grow_windows_host(cls, e: _Edges, earliest: list[float], kappa: float) -> None:

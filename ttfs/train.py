@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,9 @@ from torch import Tensor, nn
 
 from .constraints import clamp_hidden_biases
 from .network import SNN
+
+if TYPE_CHECKING:
+    from .distributed import Replicas
 
 
 class DivergenceError(RuntimeError):
@@ -109,6 +113,7 @@ def train_epoch(
     nonpositive_bias: bool = False,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     lean: bool = True,
+    replicas: Replicas | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; returns mean loss and accuracy. Raises DivergenceError on NaN/inf.
 
@@ -123,7 +128,16 @@ def train_epoch(
     batch by batch and a bad batch raises at the end of the epoch.
     ``lean=False`` takes the general path (a :class:`ttfs.SpikeRecord` per step). Loss and accuracy
     (and the inputs' check) are kept on the device and reduced once per epoch, for every model.
+
+    ``replicas`` (:class:`ttfs.distributed.Replicas`) trains one process of a data-parallel group:
+    ``batches`` are then this process's slices of the global batches (:func:`ttfs.distributed.shard`),
+    the step is the global batch's step (see :mod:`ttfs.distributed`) and the returned loss and
+    accuracy are those of the whole epoch over all processes.
     """
+    if replicas is not None:
+        return _train_epoch_replicated(model, batches, optimizer, replicas, l1=l1, kappa=kappa,
+                                       adapt_windows=adapt_windows, nonpositive_bias=nonpositive_bias,
+                                       scheduler=scheduler, lean=lean)
     model.train()
     is_snn = isinstance(model, SNN)
     use_lean = lean and is_snn and model.lean
@@ -185,18 +199,76 @@ def train_epoch(
     return {"loss": mean_loss, "accuracy": correct / seen}
 
 
+def _train_epoch_replicated(model, batches, optimizer, replicas: Replicas, *, l1, kappa, adapt_windows,
+                            nonpositive_bias, scheduler, lean) -> dict[str, float]:
+    """:func:`train_epoch` of one data-parallel process (``replicas``)."""
+    model.train()
+    is_snn = isinstance(model, SNN)
+    use_lean = lean and is_snn and model.lean
+    adapt = is_snn and adapt_windows
+    totals: list[Tensor] = []
+    correct: list[Tensor] = []
+    seen = 0
+    probes: list[Tensor] = []  # streamed inputs: sums, non-finite if an input is; checked after the epoch's reduction
+    source = _tensor_batches(batches)
+    if source is not None:  # every process holds all inputs: one check, the same answer everywhere
+        source.check_finite()
+    for z, y in batches:
+        if source is None and z.is_floating_point():
+            probes.append(z.sum(dtype=torch.float64))
+        loss, total, logits, record = replicas.step(z, y, l1, kappa if adapt and use_lean else None, use_lean)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # DDP averages the gradients over the processes
+        optimizer.step()
+        if nonpositive_bias:
+            clamp_hidden_biases(model)
+        if scheduler is not None:
+            scheduler.step()
+        if adapt and not use_lean:
+            model.adapt_windows(record, kappa)
+        totals.append(total)
+        correct.append((logits.detach().argmax(1) == y).sum())
+        seen += len(y)
+    if not totals:
+        return {"loss": 0.0, "accuracy": 0.0}
+    device = totals[0].device
+    probe = torch.stack(probes).sum() if probes else torch.zeros((), dtype=torch.float64, device=device)
+    sums = replicas.sum(torch.stack([torch.stack(totals).to(torch.float64).sum(),
+                                     torch.stack(correct).sum().to(torch.float64),
+                                     torch.tensor(float(seen), dtype=torch.float64, device=device),
+                                     probe.to(device)]))
+    if not bool(torch.isfinite(sums[3])):  # every process sees it: all raise the same error
+        raise ValueError("input contains NaN or infinite values; clean or impute the data before encoding")
+    mean_loss = float(sums[0] / sums[2])
+    if not math.isfinite(mean_loss):
+        raise DivergenceError(
+            f"training loss became {mean_loss}; lower the learning rate or the L1 strength, or check the data"
+        )
+    return {"loss": mean_loss, "accuracy": float(sums[1] / sums[2])}
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
-    """Mean cross-entropy and accuracy on ``batches`` (eval mode)."""
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+             replicas: Replicas | None = None) -> dict[str, float]:
+    """Mean cross-entropy and accuracy on ``batches`` (eval mode).
+
+    ``replicas``: ``batches`` are this process's slices (:func:`ttfs.distributed.shard`); the sums are
+    reduced over the processes, so every process returns the numbers of the whole set.
+    """
     was_training = model.training
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for z, y in batches:
+        if not len(y):  # an empty slice
+            continue
         logits = model(z)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
     model.train(was_training)
+    if replicas is not None:
+        loss_sum, correct, seen = replicas.sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64,
+                                                            device=replicas.device)).tolist()
     return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
 
