@@ -137,8 +137,8 @@ def _selection(chosen: float | None, accuracies: list[float | None]) -> dict:
 
 DYNAMICS = {  # as pipeline.dynamics.run_dynamics writes it (three of the four networks)
     "config": {"depth": 4, "width": 16, "train_size": 512, "val_size": 128, "test_size": 128, "epochs": 40,
-               "batch_size": 32, "optimizer": "adam", "momentum": 0.0, "lr_grid": [1e-3, 1e-5], "selection_epochs": 5,
-               "target_train_accuracy": 1.0,
+               "batch_size": 32, "optimizer": "adam", "momentum": 0.0, "lr_grid": [1e-3, 1e-5],
+               "selection_metric": "val_loss", "selection_epochs": 5, "target_train_accuracy": 1.0,
                "patience": 20, "records": 8, "kappa_b1": 10.0, "kappa_alpha1": 1.1, "slope_floor": 1e-3,
                "alpha1_recentre": True, "alpha1_row_sum_min": -10.0, "alpha1_row_sum_max": 0.99, "zeta": 0.5,
                "calibration_samples": 100, "spectra_samples": 8, "seed": 0, "device": "cpu", "threads": 1,
