@@ -23,10 +23,10 @@ wins (a run whose loss became NaN/inf is out). The default is the lowest validat
 ``selection_epochs`` epochs on 1,000 images a fast rate has already begun to overfit (its validation
 loss rises while its accuracy still leads), and a fast Adam rate also makes training chaotic: a copy of
 the ReLU network moved by one ulp (the control below) then leaves the original's loss curve by more than
-1e-12 within a few dozen epochs, so no float64 comparison of B1 with ReLU could show more than that. The final run then trains the network at
-that rate for up to ``epochs`` epochs. The test split is not touched until every network has finished
-training: each record keeps a copy of the parameters, and the test curves are computed from those copies
-at the end (:func:`evaluate_test_split`).
+1e-12 within a few dozen epochs, so no float64 comparison of B1 with ReLU could show more than that.
+The final run then trains the network at that rate for up to ``epochs`` epochs. The test split is not
+touched until every network has finished training: each record keeps a copy of the parameters, and the
+test curves are computed from those copies at the end (:func:`evaluate_test_split`).
 
 **Keeping alpha1 trainable.** After every optimiser step (:func:`train_step`): every alpha1 row with slope
 B = alpha + sum_j W_ij < ``slope_floor`` is projected back onto B = ``slope_floor``

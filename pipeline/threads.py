@@ -13,9 +13,10 @@ on one machine oversubscribe the cores and run several times slower than alone. 
 
 ``TTFS_THREADS`` (ours) or else ``OMP_NUM_THREADS`` (the usual one) in the environment override the
 choice; next comes an explicit ``requested`` count (an experiment's ``threads`` param). The environment
-wins because it describes the machine (N queued jobs on it), the param only the experiment. ``load_aware=True`` also leaves out the cores other processes keep busy (1-minute load
-average): on a shared two-core machine a VGG16 step with two threads took 2.8 s against 1.25 s with
-one while other work ran. It is off by default because the thread count can change the last bits of
+wins because it describes the machine (N queued jobs on it), the param only the experiment.
+``load_aware=True`` also leaves out the cores other processes keep busy (1-minute load average): on a
+shared two-core machine a VGG16 step with two threads took 2.8 s against 1.25 s with one while other
+work ran. It is off by default because the thread count can change the last bits of
 convolution results, and a pipeline stage should not depend on the machine's load.
 
 Inter-op threads are set to 1 (training runs no parallel graph branches); torch allows that only

@@ -211,7 +211,7 @@ def test_the_learning_rate_is_chosen_on_validation_and_test_is_read_only_after_t
     assert c["selection"]["relu"]["runs"] != a["selection"]["relu"]["runs"]
     by_accuracy = D.run_dynamics(cfg.model_copy(update={"selection_metric": "val_accuracy"}), train, val, test,
                                  tmp_path / "e", plots=False)
-    for name, sel in by_accuracy["selection"].items():
+    for sel in by_accuracy["selection"].values():
         best = max((r for r in sel["runs"] if not r["diverged"]), key=lambda r: (r["val_accuracy"], -r["val_loss"]))
         assert sel["chosen_lr"] == best["lr"]
 

@@ -160,7 +160,8 @@ def run_trial(ctx: Context, trial: optuna.Trial) -> TrialState:
         "baseline": str(baseline).lower()}
     # the finetune section unprefixed, with the values this trial trains with (lr, l1, epochs, batch size),
     # so that a trial lines up with the finetune and reference runs in MLflow's compare view
-    trained = {"lr": lr, "l1": l1, "epochs": ctx.tp.epochs, "batch_size": ctx.tp.batch_size or ctx.exp.params.finetune.batch_size}
+    trained = {"lr": lr, "l1": l1, "epochs": ctx.tp.epochs,
+               "batch_size": ctx.tp.batch_size or ctx.exp.params.finetune.batch_size}
     run_params = tracked_params(ctx.stage_params, "finetune", trained) | {"samples": ctx.runner.sizes(),
                                      "trial": {"number": trial.number, "l1": l1, "lr": lr, "baseline": baseline,
                                                **{f"param.{k}": v for k, v in trial.params.items()}}}
