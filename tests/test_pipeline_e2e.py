@@ -335,6 +335,35 @@ def test_exp_show_of_a_changed_param_fits_a_terminal(repo):
         repo.run("git", "checkout", "--", "metrics", "plots")  # the results applied by `dvc exp run`
 
 
+def test_queued_experiments_run_two_at_a_time_and_land_in_one_mlflow_store(repo):
+    """README "Several experiments or seeds at once": `dvc exp run --queue` twice, then `dvc queue start
+    --jobs 2` with TTFS_JOBS=2; both experiments succeed and their runs carry their DVC experiment names."""
+    names = {"eval-bs64": 64, "eval-bs32": 32}  # evaluate's batch size: only evaluate, summary and report rerun
+    env = {**repo.env, "TTFS_JOBS": "2"}
+    try:
+        for name, batch in names.items():
+            repo.run("dvc", "exp", "run", "--queue", "-n", name, "-S",
+                     f"experiments.tiny_fc2.evaluate.batch_size={batch}")
+        subprocess.run(["dvc", "queue", "start", "--jobs", "2"], cwd=repo.path, env=env, check=True,
+                       capture_output=True, text=True, timeout=120)
+        deadline = time.monotonic() + 600
+        while True:
+            status = repo.run("dvc", "queue", "status").stdout
+            if not any(word in status for word in ("Queued", "Running")):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(3)
+        assert all(f"{name} " in status for name in names) and status.count("Success") == 2, status
+        shown = repo.run("dvc", "exp", "show", "--no-pager", "--csv").stdout
+        assert all(name in shown for name in names)
+        tagged = {r.data.tags.get("dvc_exp_name") for r in repo.runs("tiny_fc2", "evaluate")}
+        assert set(names) <= tagged
+    finally:
+        repo.run("dvc", "queue", "stop", check=False)
+        repo.run("dvc", "exp", "remove", *names, check=False)
+        repo.restore()
+
+
 def test_invalid_param_from_dvc_exp_run_names_the_key(repo):
     try:
         out = repo.run("dvc", "exp", "run", "-S", "experiments.tiny_fc2.evaluate.batch_size=abc", check=False)

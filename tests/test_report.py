@@ -194,7 +194,7 @@ def test_experiment_sections_carry_conversion_evaluation_energy_and_constraints(
     assert rows(md, "α1 standard, init", "0.3–1.4", "8.67e+04")
     search = rows(md, "α1, standard init", "diverged")  # the learning-rate search: loss (accuracy) per lr
     assert search[0][2].endswith("(10.40 %)") and search[0][-1] == "1e-05"
-    assert "chosen: the lowest validation loss" in md
+    assert "chosen: the lowest validation loss" in md and "(the lowest validation loss after" in md
     assert "B1's training loss equals ReLU's to within 1.6e-15 (≤ 1e-12) at all 9 records" in md
     assert "1.48e+05× B1's: exploding" in md
     for png in ("raster.png", "sweep_weight_bits.png", "pareto.png", "pretrain_curve.png"):

@@ -365,8 +365,9 @@ def dynamics_findings(d: DynamicsResult) -> list[str]:
     label = LABELS["network"]
     out = []
     chosen = {k: s.chosen_lr for k, s in sel.items()}
-    out.append(f"Learning rates, each chosen on {c.val_samples:,} validation samples (the best validation "
-               f"accuracy after {c.selection_epochs} epochs at each of {', '.join(_lr(x) for x in c.lr_grid)}): "
+    criterion = "lowest validation loss" if c.selection_metric == "val_loss" else "best validation accuracy"
+    out.append(f"Learning rates, each chosen on {c.val_samples:,} validation samples (the {criterion} "
+               f"after {c.selection_epochs} epochs at each of {', '.join(_lr(x) for x in c.lr_grid)}): "
                + "; ".join(f"{label(k)} {_lr(v) if v is not None else 'none (every value diverged)'}"
                            for k, v in chosen.items()) + ".")
     relu_lr = chosen["relu"] if "relu" in chosen else None
