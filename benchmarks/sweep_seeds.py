@@ -1,0 +1,73 @@
+"""How much does one hardware-constraint setting vary with the fine-tuning seed?
+
+Runs one setting of the sweep stage (``pipeline.sweeps.run_sweep`` with every other grid empty) on the
+fine-tuned SNN of a reproduced repository, once per fine-tuning seed (the seed draws the batch order),
+and reports the test accuracy before and after fine-tuning. Nothing is chosen here: it measures the
+spread that a single sweep run samples from (seed 0 is what the sweep stage runs).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sweep_seeds.py --repo /path/to/reproduced/clone \\
+        --experiment fmnist_lenet5 --kind weight_bits --value 4 --seeds 0 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from pipeline import params as P  # noqa: E402
+from pipeline.artifacts import Paths, load_snn, prepared_dir  # noqa: E402
+from pipeline.data import load_prepared  # noqa: E402
+from pipeline.runner import torch_dtype  # noqa: E402
+from pipeline.sweeps import KINDS, SweepData, run_sweep  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", type=Path, required=True, help="a repository where `dvc repro` has run")
+    parser.add_argument("--experiment", default="fmnist_lenet5")
+    parser.add_argument("--kind", choices=KINDS, default="weight_bits")
+    parser.add_argument("--value", type=float, default=4)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/sweep_seeds.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    args.out = args.out.resolve()
+    os.chdir(args.repo)  # the stages' paths are relative to the repository
+    exp = P.load("params.yaml").experiment(args.experiment)
+    value = int(args.value) if args.kind in ("time_steps", "weight_bits") else args.value
+    sp = exp.sweep.model_copy(update={k: ((value,) if k == args.kind else ()) for k in KINDS})
+    paths = Paths(args.experiment)
+    snn, _ = load_snn(paths.snn)
+    conversion_windows = load_snn(paths.converted)[0].deltas.tolist()
+    data = load_prepared(prepared_dir(exp.dataset))
+    split = SweepData(*data.split("train"), *data.split("val"), *data.split("test"))
+    rows = []
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_sweep(snn, split, sp, conversion_windows=conversion_windows, seed=seed,
+                               dtype=torch_dtype(exp.dtype), state_path=Path(tmp) / "state.pt")
+        setting = next(iter(result["settings"][args.kind].values()))
+        rows.append({"seed": seed, "before": setting["before"]["accuracy"],
+                     "after": setting["finetuned"]["accuracy"]})
+        print(rows[-1], flush=True)
+    after = [r["after"] for r in rows]
+    out = {"experiment": args.experiment, "kind": args.kind, "value": value, "split": "test", "runs": rows,
+           "after_mean": statistics.fmean(after), "after_std": statistics.stdev(after) if len(after) > 1 else 0.0,
+           "after_min": min(after), "after_max": max(after)}
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
