@@ -406,8 +406,27 @@ def prepare(name: str, params, out_dir: Path, download_dir: Path) -> tuple[dict,
     return meta, source
 
 
+class DatasetShape:
+    """What a model needs to know of a prepared dataset, read from its ``meta``: input shape, classes and
+    the input range (p, q) of the encoding. Shared by in-memory (:class:`Prepared`) and streamed datasets."""
+
+    meta: dict
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.meta["in_shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def in_range(self) -> tuple[float, float]:
+        return float(self.meta["p"]), float(self.meta["q"])
+
+
 @dataclass
-class Prepared:
+class Prepared(DatasetShape):
     """A prepared dataset, decoded to float inputs ((pixels / 255 - mean) / std) and int64 labels."""
 
     meta: dict
@@ -421,18 +440,6 @@ class Prepared:
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, labels) of ``train``, ``val`` or ``test``."""
         return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
-
-    @property
-    def in_shape(self) -> tuple[int, ...]:
-        return tuple(self.meta["in_shape"])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.meta["num_classes"])
-
-    @property
-    def in_range(self) -> tuple[float, float]:
-        return float(self.meta["p"]), float(self.meta["q"])
 
 
 def _meta_problem(meta) -> str | None:

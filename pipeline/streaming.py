@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .data import DatasetShape
 from .errors import ChecksumError, DataNotFoundError, ParamsError
 
 CATEGORIES = "categories_places365.txt"
@@ -302,25 +303,13 @@ class StreamBatches:
 
 
 @dataclass
-class Streamed:
+class Streamed(DatasetShape):
     """A prepared image-index dataset: meta, the root it reads from, and its splits' indices."""
 
     meta: dict
     root: Path
     entries: dict[str, list[Entry]]
     verify: bool = False
-
-    @property
-    def in_shape(self) -> tuple[int, ...]:
-        return tuple(self.meta["in_shape"])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.meta["num_classes"])
-
-    @property
-    def in_range(self) -> tuple[float, float]:
-        return float(self.meta["p"]), float(self.meta["q"])
 
     def dataset(self, split: str) -> ImageIndex:
         enc = self.meta["input_encoding"]
