@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 
 # One value per constraint, one epoch: every code path of the sweep stage at toy cost.
 TINY_SWEEP = {"jitter": [0, 0.05], "jitter_seeds": 2, "time_steps": [4], "weight_bits": [4], "latency_factor": [2],
@@ -30,3 +31,12 @@ TINY_PARAMS = {
 def tiny_params() -> dict:
     """A valid params.yaml mapping: one synthetic dataset, one tiny FC2 experiment (a fresh copy)."""
     return copy.deepcopy(TINY_PARAMS)
+
+
+def synthetic(n: int, shape: tuple[int, ...], classes: int, seed: int):
+    """``n`` float64 images near one random prototype per class (noise 0.3, clipped to [0, 1]), int64 labels."""
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(classes, *shape, generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    inputs = (prototypes[labels] + 0.3 * torch.rand(n, *shape, generator=g)).clamp(0, 1)
+    return inputs.double(), labels

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import synthetic
 from torch import nn
 
 import ttfs
@@ -23,14 +24,6 @@ from ttfs.train import TensorBatches, exponential_decay, train_epoch
 
 TOL = 1e-10
 WORLD = 2
-
-
-def synthetic(n: int, shape: tuple[int, ...], classes: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    prototypes = torch.rand(classes, *shape, generator=g)
-    labels = torch.randint(0, classes, (n,), generator=g)
-    inputs = (prototypes[labels] + 0.3 * torch.rand(n, *shape, generator=g)).clamp(0, 1)
-    return inputs.double(), labels
 
 
 def build(case: dict) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

@@ -4,18 +4,11 @@ import copy
 
 import pytest
 import torch
+from conftest import synthetic
 from torch import nn
 
 import ttfs
 from ttfs.train import DivergenceError, TensorBatches, evaluate, exponential_decay, train_epoch
-
-
-def synthetic(n: int, shape: tuple[int, ...], classes: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    prototypes = torch.rand(classes, *shape, generator=g)
-    labels = torch.randint(0, classes, (n,), generator=g)
-    inputs = (prototypes[labels] + 0.3 * torch.rand(n, *shape, generator=g)).clamp(0, 1)
-    return inputs.double(), labels
 
 
 def relu_parameters(model: nn.Module) -> list[torch.Tensor]:
