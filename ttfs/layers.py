@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 PARAMETERISATIONS = ("b1", "alpha1")
+NONFINITE_INPUT = "input contains NaN or infinite values; clean or impute the data before encoding"
 
 
 class SpikingNeurons(nn.Module):
@@ -428,7 +429,7 @@ class InputEncoder(nn.Module):
         self.check_shape(z)
         # One reduction decides for almost every batch; the elementwise test only runs if it is not finite.
         if not math.isfinite(z.sum().item()) and not bool(torch.isfinite(z).all()):
-            raise ValueError("input contains NaN or infinite values; clean or impute the data before encoding")
+            raise ValueError(NONFINITE_INPUT)
 
     def scaled(self, z: Tensor) -> Tensor:
         """x in [0, 1]."""

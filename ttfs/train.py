@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .constraints import clamp_hidden_biases
+from .layers import NONFINITE_INPUT
 from .network import SNN
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class TensorBatches:
         key = (self.inputs.data_ptr(), self.inputs._version)
         if self._finite != key:
             if self.inputs.is_floating_point() and not bool(torch.isfinite(self.inputs).all()):
-                raise ValueError("input contains NaN or infinite values; clean or impute the data before encoding")
+                raise ValueError(NONFINITE_INPUT)
             self._finite = key
 
     def __len__(self) -> int:
@@ -187,16 +188,21 @@ def train_epoch(
     if not losses:
         return {"loss": 0.0, "accuracy": 0.0}
     if input_sums and not bool(torch.isfinite(torch.stack(input_sums).sum(dtype=torch.float64))):
-        raise ValueError("input contains NaN or infinite values; clean or impute the data before encoding")
+        raise ValueError(NONFINITE_INPUT)
     sizes = torch.tensor([len(t) for t in labels], dtype=torch.float64, device=losses[0].device)
     seen = float(sizes.sum())
     mean_loss = float((torch.stack(losses).to(torch.float64) * sizes).sum()) / seen
     correct = int((torch.cat(predictions) == torch.cat(labels).to(predictions[0].device)).sum())
+    return _epoch_result(mean_loss, correct / seen)
+
+
+def _epoch_result(mean_loss: float, accuracy: float) -> dict[str, float]:
+    """An epoch's mean loss and accuracy; DivergenceError if the loss is NaN or infinite."""
     if not math.isfinite(mean_loss):
         raise DivergenceError(
             f"training loss became {mean_loss}; lower the learning rate or the L1 strength, or check the data"
         )
-    return {"loss": mean_loss, "accuracy": correct / seen}
+    return {"loss": mean_loss, "accuracy": accuracy}
 
 
 def _train_epoch_replicated(model, batches, optimizer, replicas: Replicas, *, l1, kappa, adapt_windows,
@@ -238,13 +244,9 @@ def _train_epoch_replicated(model, batches, optimizer, replicas: Replicas, *, l1
                                      torch.tensor(float(seen), dtype=torch.float64, device=device),
                                      probe.to(device)]))
     if not bool(torch.isfinite(sums[3])):  # every process sees it: all raise the same error
-        raise ValueError("input contains NaN or infinite values; clean or impute the data before encoding")
+        raise ValueError(NONFINITE_INPUT)
     mean_loss = float(sums[0] / sums[2])
-    if not math.isfinite(mean_loss):
-        raise DivergenceError(
-            f"training loss became {mean_loss}; lower the learning rate or the L1 strength, or check the data"
-        )
-    return {"loss": mean_loss, "accuracy": float(sums[1] / sums[2])}
+    return _epoch_result(mean_loss, float(sums[1] / sums[2]))
 
 
 @torch.no_grad()
