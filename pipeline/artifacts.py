@@ -16,6 +16,10 @@ import json
 import math
 import os
 import pickle
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,10 +68,37 @@ def prepared_dir(dataset: str) -> Path:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file, flush it to disk and rename it over ``path``: a kill -9 leaves the
+    previous file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+@contextmanager
+def _interruptions_deferred() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT until the block ends: an interruption raised inside torch.save's zip
+    writer surfaces as its RuntimeError instead of KeyboardInterrupt, so the stage would report a
+    crash (exit 1) instead of an interruption (exit 130). A held signal is raised again on exit, to
+    the handlers that were in place. (Masking with pthread_sigmask would not do: it covers one thread,
+    and the kernel hands a process-wide SIGTERM to any of torch's threads.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum))
+                for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def _clean(value: Any) -> Any:
@@ -159,10 +190,13 @@ def load_verified(path: Path, fix: str) -> dict:
     return payload
 
 
-def _save(path: Path, payload: dict) -> None:
-    buf = io.BytesIO()
-    torch.save(sealed(payload), buf)
-    atomic_write(path, buf.getvalue())
+def save_sealed(path: Path, payload: dict) -> None:
+    """Write ``payload`` with its digest (see :func:`load_verified`), atomically, with SIGTERM and SIGINT
+    held until the file is in place."""
+    with _interruptions_deferred():
+        buf = io.BytesIO()
+        torch.save(sealed(payload), buf)
+        atomic_write(path, buf.getvalue())
 
 
 def _load(path: Path, fmt: str) -> dict:
@@ -183,7 +217,7 @@ def _cpu_state(model: nn.Module) -> dict:
 
 
 def save_relu(path: Path, model: nn.Module, lineage: dict) -> None:
-    _save(path, {"format": "ttfs-relu", "config": dict(model.config), "state_dict": _cpu_state(model),
+    save_sealed(path, {"format": "ttfs-relu", "config": dict(model.config), "state_dict": _cpu_state(model),
                  "lineage": lineage})
 
 
@@ -200,7 +234,7 @@ def save_snn(path: Path, snn: SNN, lineage: dict) -> None:
     """The SNN in the framework-free ttfs-snn layout (metadata + named arrays) inside one file."""
     meta, arrays = export.to_dict(snn)
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).clone() for k, v in arrays.items()}
-    _save(path, {"format": "ttfs-snn", "meta": meta, "arrays": tensors, "lineage": lineage})
+    save_sealed(path, {"format": "ttfs-snn", "meta": meta, "arrays": tensors, "lineage": lineage})
 
 
 def load_snn(path: Path) -> tuple[SNN, dict]:

@@ -11,7 +11,6 @@ file planted to run code when unpickled) is refused with an ArtifactError: see :
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from ttfs.distributed import world
 
 from . import deps
-from .artifacts import load_verified, sealed
+from .artifacts import load_verified, save_sealed
 
 
 def path_for(root: Path, experiment: str, stage: str, key: str) -> Path:
@@ -47,13 +46,7 @@ def path_for(root: Path, experiment: str, stage: str, key: str) -> Path:
 def save(path: Path, state: dict[str, Any]) -> None:
     if world()[0] != 0:  # data-parallel: the replicas are identical, rank 0 writes
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(sealed(state), f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    save_sealed(path, state)
 
 
 def load(path: Path) -> dict[str, Any] | None:

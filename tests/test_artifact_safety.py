@@ -165,6 +165,31 @@ def test_round_trips_are_bit_exact(tmp_path, files):
     assert history and all(type(v) in (int, float) for row in history for v in row.values())
 
 
+
+def test_sigterm_during_a_checkpoint_write_waits_for_the_write(tmp_path, monkeypatch):
+    """SIGTERM arriving inside torch.save (a real stage's race, seen in CI) is held until the file is
+    complete and renamed, then surfaces as the runner's KeyboardInterrupt, not as a zip-writer error."""
+    import os
+    import signal
+
+    from pipeline.runner import _interrupt
+
+    real_save = torch.save
+
+    def save_hit_mid_write(obj, f):
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_hit_mid_write)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            checkpoint.save(tmp_path / "c.pt", {"history": [{"epoch": 1}]})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert checkpoint.load(tmp_path / "c.pt") == {"history": [{"epoch": 1}]}
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
 # -- prepared data ---------------------------------------------------------------------------------
 
 
