@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for people and CI:
 #   ./tasks.sh test [pytest args]          the whole suite (CI runs this)
-#   ./tasks.sh repro [dvc repro args]      the default profile (params.yaml) here
-#   ./tasks.sh profile NAME [dvc args]     params.NAME.yaml in profiles/NAME/, params.yaml untouched
+#   ./tasks.sh repro [targets] [-f] [-j N] the default profile (params.yaml) here, N stages at a time
+#   ./tasks.sh profile NAME [same args]    params.NAME.yaml in profiles/NAME/, params.yaml untouched
 #   ./tasks.sh setup
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -62,12 +62,13 @@ case "${1:-}" in
         if [ ! -e .git ] && [ "$(.venv/bin/dvc config --local core.no_scm 2>/dev/null)" != true ]; then
             .venv/bin/dvc config --local core.no_scm true
         fi
-        PATH="$PWD/.venv/bin:$PATH" dvc repro "$@"
+        # `dvc repro`, one stage per core at a time (pipeline/repro.py; -j 1: one after another)
+        PATH="$PWD/.venv/bin:$PATH" python -m pipeline.repro "$@"
         ;;
     profile)
         # Another profile runs in a workspace of its own (profiles/NAME: this checkout's code, the profile
         # as its params.yaml, DVC's cache shared), tracked in this project's MLflow store with a profile tag.
-        name=${2:?usage: ./tasks.sh profile NAME [dvc repro args]}
+        name=${2:?usage: ./tasks.sh profile NAME [targets] [-f] [-j N]}
         shift 2
         [ -f "params.$name.yaml" ] || { echo "no params.$name.yaml (profiles: $(ls params.*.yaml))" >&2; exit 2; }
         setup
@@ -85,10 +86,10 @@ case "${1:-}" in
         (cd "$ws" && "$OLDPWD/.venv/bin/dvc" config --local cache.dir "$OLDPWD/.dvc/cache" &&
             "$OLDPWD/.venv/bin/dvc" config --local plots.html_template ../pipeline/vega/offline.html)
         export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db} TTFS_PROFILE=$name
-        cd "$ws" && PATH="$OLDPWD/.venv/bin:$PATH" dvc repro "$@"
+        cd "$ws" && PATH="$OLDPWD/.venv/bin:$PATH" python -m pipeline.repro "$@"
         ;;
     *)
-        echo "usage: ./tasks.sh {setup|test [pytest args]|repro [dvc repro args]|profile NAME [dvc repro args]}" >&2
+        echo "usage: ./tasks.sh {setup|test [pytest args]|repro [targets] [-f] [-j N]|profile NAME [targets] [-f] [-j N]}" >&2
         exit 2
         ;;
 esac
