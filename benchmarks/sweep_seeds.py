@@ -32,6 +32,33 @@ from pipeline.runner import torch_dtype  # noqa: E402
 from pipeline.sweeps import KINDS, SweepData, run_sweep  # noqa: E402
 
 
+class Reproduced:
+    """The fine-tuned SNN of a reproduced repository, with its sweep params, conversion windows and data."""
+
+    def __init__(self, repo: Path, experiment: str):
+        os.chdir(repo)  # the stages' paths are relative to the repository
+        self.exp = P.load("params.yaml").experiment(experiment)
+        paths = Paths(experiment)
+        self.snn, _ = load_snn(paths.snn)
+        self.conversion_windows = load_snn(paths.converted)[0].deltas.tolist()
+        self.data = load_prepared(prepared_dir(self.exp.dataset))
+
+
+def run_setting(repo: Reproduced, kind: str, value: float, seed: int, measure_on: str = "test",
+                **finetune) -> dict:
+    """One sweep setting (every other grid empty) fine-tuned with ``seed`` (the batch order) and measured on
+    ``measure_on``; ``finetune`` overrides sweep params such as finetune_epochs and finetune_lr."""
+    value = int(value) if kind in ("time_steps", "weight_bits") else value
+    sp = repo.exp.sweep.model_copy(update={**{k: ((value,) if k == kind else ()) for k in KINDS}, **finetune})
+    split = SweepData(*repo.data.split("train"), *repo.data.split("val"), *repo.data.split(measure_on))
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_sweep(repo.snn, split, sp, conversion_windows=repo.conversion_windows, seed=seed,
+                           dtype=torch_dtype(repo.exp.dtype), state_path=Path(tmp) / "state.pt")
+    setting = next(iter(result["settings"][kind].values()))
+    return {"seed": seed, "split": measure_on, "reference": result["snn"]["accuracy"],
+            "before": setting["before"]["accuracy"], "after": setting["finetuned"]["accuracy"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, required=True, help="a repository where `dvc repro` has run")
@@ -43,26 +70,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.out = args.out.resolve()
-    os.chdir(args.repo)  # the stages' paths are relative to the repository
-    exp = P.load("params.yaml").experiment(args.experiment)
-    value = int(args.value) if args.kind in ("time_steps", "weight_bits") else args.value
-    sp = exp.sweep.model_copy(update={k: ((value,) if k == args.kind else ()) for k in KINDS})
-    paths = Paths(args.experiment)
-    snn, _ = load_snn(paths.snn)
-    conversion_windows = load_snn(paths.converted)[0].deltas.tolist()
-    data = load_prepared(prepared_dir(exp.dataset))
-    split = SweepData(*data.split("train"), *data.split("val"), *data.split("test"))
+    repo = Reproduced(args.repo, args.experiment)
     rows = []
     for seed in args.seeds:
-        with tempfile.TemporaryDirectory() as tmp:
-            result = run_sweep(snn, split, sp, conversion_windows=conversion_windows, seed=seed,
-                               dtype=torch_dtype(exp.dtype), state_path=Path(tmp) / "state.pt")
-        setting = next(iter(result["settings"][args.kind].values()))
-        rows.append({"seed": seed, "before": setting["before"]["accuracy"],
-                     "after": setting["finetuned"]["accuracy"]})
+        rows.append(run_setting(repo, args.kind, args.value, seed))
         print(rows[-1], flush=True)
     after = [r["after"] for r in rows]
-    out = {"experiment": args.experiment, "kind": args.kind, "value": value, "split": "test", "runs": rows,
+    out = {"experiment": args.experiment, "kind": args.kind, "value": args.value, "split": "test", "runs": rows,
            "after_mean": statistics.fmean(after), "after_std": statistics.stdev(after) if len(after) > 1 else 0.0,
            "after_min": min(after), "after_max": max(after)}
     args.out.write_text(json.dumps(out, indent=2) + "\n")
