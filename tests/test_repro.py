@@ -99,3 +99,24 @@ def test_the_longest_chain_of_work_goes_first():
     assert by_count["long1"] > by_count["short"] and by_count["a"] == 4
     timed = remaining_work(graph, {"short": 100.0, "long1": 5.0, "long2": 5.0})
     assert timed["short"] > timed["long1"] and timed["a"] == 1 + 100 + 1
+
+
+def test_sigterm_stops_the_running_stages_and_keeps_the_finished_ones(tmp_path):
+    import signal
+    import time
+
+    env = _project(tmp_path / "p")
+    dvc = yaml.safe_load((tmp_path / "p/dvc.yaml").read_text())
+    dvc["stages"]["b"]["cmd"] = dvc["stages"]["b"]["cmd"].replace(" 2 0", " 120 0")  # b would take 2 minutes
+    (tmp_path / "p/dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.repro", "-j", "2"], cwd=tmp_path / "p", env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock_file, deadline = tmp_path / "p/dvc.lock", time.time() + 60
+    while not (lock_file.exists() and "c" in yaml.safe_load(lock_file.read_text())["stages"]):
+        assert time.time() < deadline and proc.poll() is None, "c was not committed within 60 s"
+        time.sleep(0.2)  # then b is still sleeping
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err, err
+    lock = yaml.safe_load(lock_file.read_text())["stages"]
+    assert {"a", "c"} <= set(lock) and "b" not in lock and not (tmp_path / "p/d.txt").exists()
