@@ -22,6 +22,7 @@ order the stages; the first run counts stages instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -110,8 +111,9 @@ def run(targets: list[str], jobs: int, dvc_args: list[str]) -> int:
     def launch(stage: str) -> None:
         log = LOGS / _log_name(stage)
         with log.open("w") as out:
+            # a session of its own: an interruption reaches dvc and the stage's command (see below)
             proc = subprocess.Popen(["dvc", "--wait-for-lock", "repro", "--single-item", *dvc_args, stage],
-                                    stdout=out, stderr=subprocess.STDOUT, env=env)
+                                    stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         running.append(Job(stage, proc, log))
 
     def finish(job: Job) -> None:
@@ -143,8 +145,9 @@ def run(targets: list[str], jobs: int, dvc_args: list[str]) -> int:
                 finish(job)
     except KeyboardInterrupt:
         interrupted = True
-        for job in running:  # the stage runner marks its MLflow run KILLED and keeps its checkpoint
-            job.proc.send_signal(signal.SIGTERM)
+        for job in running:  # the whole group: dvc does not pass SIGTERM on to the stage's command, whose
+            with contextlib.suppress(ProcessLookupError):  # runner marks its MLflow run KILLED, keeps checkpoints
+                os.killpg(job.proc.pid, signal.SIGTERM)
         for job in running:
             job.proc.wait()
             finish(job)

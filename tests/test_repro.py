@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not (BIN / "dvc").exists(), reason="needs dvc in the interpreter's environment")
 
 # a stage command: sleep, then write "<start> <end>" to its output (and fail if told to)
-STEP = ("import sys, time; t = time.time(); time.sleep(float(sys.argv[2])); "
+STEP = ("import os, sys, time; t = time.time(); open(sys.argv[1] + '.pid', 'w').write(str(os.getpid())); "
+        "time.sleep(float(sys.argv[2])); "
         "open(sys.argv[1], 'w').write(f'{t} {time.time()}'); sys.exit(int(sys.argv[3]))")
 
 
@@ -42,6 +43,14 @@ def _project(path: Path, failing: str | None = None) -> dict[str, str]:
 def _repro(path: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipeline.repro", *args], cwd=path, env=env, capture_output=True,
                           text=True, timeout=300)
+
+
+def _committed(lock_file: Path) -> set[str]:
+    """Stages in dvc.lock (none while it is missing or being rewritten)."""
+    try:
+        return set((yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}))
+    except (OSError, yaml.YAMLError):
+        return set()
 
 
 def _interval(path: Path) -> tuple[float, float]:
@@ -112,7 +121,7 @@ def test_sigterm_stops_the_running_stages_and_keeps_the_finished_ones(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.repro", "-j", "2"], cwd=tmp_path / "p", env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock_file, deadline = tmp_path / "p/dvc.lock", time.time() + 60
-    while not (lock_file.exists() and "c" in yaml.safe_load(lock_file.read_text())["stages"]):
+    while "c" not in _committed(lock_file):
         assert time.time() < deadline and proc.poll() is None, "c was not committed within 60 s"
         time.sleep(0.2)  # then b is still sleeping
     proc.send_signal(signal.SIGTERM)
@@ -120,3 +129,12 @@ def test_sigterm_stops_the_running_stages_and_keeps_the_finished_ones(tmp_path):
     assert proc.returncode == 130 and "interrupted" in err, err
     lock = yaml.safe_load(lock_file.read_text())["stages"]
     assert {"a", "c"} <= set(lock) and "b" not in lock and not (tmp_path / "p/d.txt").exists()
+    b_command = int((tmp_path / "p/b.txt.pid").read_text())  # stopped too, not left running on its own
+    for _ in range(50):
+        try:
+            os.kill(b_command, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the interrupted stage's command is still running")
