@@ -19,7 +19,7 @@ def _error(raw: dict) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "params.paper.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in ROOT.glob("params*.yaml")))  # every profile
 def test_shipped_profiles_are_valid(name):
     params = P.load(ROOT / name)
     assert params.experiments
