@@ -154,17 +154,24 @@ class DataParams(Section):
 
 
 class TrainingParams(Section):
-    """What pretraining and fine-tuning share: optimiser, the paper's step decay, regularisers."""
+    """What pretraining and fine-tuning share: optimiser, learning-rate schedule, regularisers.
+
+    ``schedule``: ``step`` is the paper's decay (x ``lr_decay`` every ``decay_steps`` steps); ``cosine``
+    anneals from ``lr`` to 0 over the run's ``epochs`` (``lr_decay``/``decay_steps`` unused).
+    """
 
     epochs: NonNegativeInt = 10
     batch_size: PositiveInt = 8
     optimizer: Literal["adam", "sgd"] = "adam"
+    nesterov: bool = False  # SGD only (momentum 0.9 either way)
     lr: PositiveFloat = 5e-4
+    schedule: Literal["step", "cosine"] = "step"
     lr_decay: Fraction = 0.9
     decay_steps: PositiveInt = 5000
     weight_decay: NonNegativeFloat = 0.0
     l1: NonNegativeFloat = 0.0
-    augment: Literal["none", "crop_flip"] = "none"  # crop_flip: CIFAR's 4-pixel shifts and mirror images
+    augment: Literal["none", "crop_flip"] = "none"  # crop_flip: random shifts of up to crop_padding pixels, mirrors
+    crop_padding: NonNegativeInt = 4  # CIFAR's 4 pixels
     nonpositive_bias: bool = False  # hidden biases <= 0 after every step: no spontaneous spikes, fewer spikes
     eval_batch_size: PositiveInt = 1000
     # a run that is not learning fails (outputs kept, MLflow run FAILED): an epoch's training loss above
@@ -173,6 +180,13 @@ class TrainingParams(Section):
     max_loss_factor: Annotated[Float, Field(gt=1)] = 10.0
     chance_margin: NonNegativeFloat | None = 0.02
     chance_epochs: PositiveInt = 2
+
+    @model_validator(mode="after")
+    def _nesterov_needs_sgd(self) -> TrainingParams:
+        if self.nesterov and self.optimizer != "sgd":
+            raise PydanticCustomError("range", "nesterov: Nesterov momentum needs optimizer: sgd (got {opt})",
+                                      {"opt": self.optimizer})
+        return self
 
 
 class PretrainParams(TrainingParams):
@@ -273,6 +287,9 @@ class SweepParams(Section):
                               eval_batch_size=self.eval_batch_size, chance_margin=None)  # chance is a result here
 
 
+_IntOrName = Annotated[Int | str, Field(union_mode="left_to_right")]  # "4" is 4, "P" stays a name
+
+
 class ModelParams(Section):
     """A zoo model: ``name`` plus any keyword its builder accepts (checked against its signature)."""
 
@@ -283,7 +300,8 @@ class ModelParams(Section):
     @model_validator(mode="before")
     @classmethod
     def _builder_keywords(cls, data: Any) -> Any:
-        """Keywords of the zoo builder only, each coerced to the type of the builder's default."""
+        """Keywords of the zoo builder only, each coerced to the type of the builder's default (a tuple
+        default takes a list of integers and names, as vgg_fmnist's widths with "P" for a pool)."""
         if not isinstance(data, dict) or "name" not in data:
             return data
         name = data["name"]
@@ -300,7 +318,7 @@ class ModelParams(Section):
                                           "name, {allowed}", {"key": key, "name": name,
                                                               "allowed": ", ".join(defaults)})
             default = defaults[key]
-            kind = {bool: bool, int: Int, str: str}.get(type(default), Float | None)
+            kind = {bool: bool, int: Int, str: str, tuple: tuple[_IntOrName, ...]}.get(type(default), Float | None)
             try:
                 out[key] = TypeAdapter(kind).validate_python(value)
             except ValidationError as e:
@@ -322,6 +340,8 @@ class ExperimentParams(Section):
 
     Keys inside the stage sections have defaults (an empty section ``{}`` is valid). ``threads`` is how
     the work runs, not what it computes, so it is no stage's dependency and changes no params hash.
+    ``beyond_paper`` is read by the report alone (which depends on all of ``experiments``): true sets the
+    experiment beside the paper's results on its dataset in a "Beyond the paper" section.
     """
 
     dataset: Literal[DATASETS]  # type: ignore[valid-type]
@@ -335,6 +355,7 @@ class ExperimentParams(Section):
     evaluate: EvaluateParams
     sweep: SweepParams
     threads: PositiveInt | None = None  # torch CPU threads (None: pipeline/threads.py policy; TTFS_THREADS wins)
+    beyond_paper: bool = False
 
     @model_validator(mode="after")
     def _bias_constraint_needs_plain_model(self) -> ExperimentParams:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ttfs.distributed import Replicas, shard, world
-from ttfs.train import TensorBatches, evaluate, exponential_decay, train_epoch
+from ttfs.train import TensorBatches, cosine_decay, evaluate, exponential_decay, train_epoch
 
 from . import checkpoint
 from .errors import TrainingFailed
@@ -32,12 +32,16 @@ from .tracking import StageRun
 CURVE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 
 
-def optimizer_for(model: nn.Module, p: PretrainParams | FinetuneParams):
-    """The optimiser and the paper's step decay (x lr_decay every decay_steps steps)."""
+def optimizer_for(model: nn.Module, p: PretrainParams | FinetuneParams, steps_per_epoch: int):
+    """The optimiser and its schedule: the paper's step decay (x lr_decay every decay_steps steps), or a
+    cosine over the run's ``p.epochs * steps_per_epoch`` steps."""
     if p.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     else:
-        opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=0.9, weight_decay=p.weight_decay)
+        opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=0.9, nesterov=p.nesterov,
+                              weight_decay=p.weight_decay)
+    if p.schedule == "cosine":
+        return opt, cosine_decay(opt, p.epochs * steps_per_epoch)
     return opt, exponential_decay(opt, p.lr_decay, p.decay_steps)
 
 
@@ -55,18 +59,20 @@ def crop_flip(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
 
 
 class Augmented:
-    """Training batches passed through :func:`crop_flip` with their own seeded generator."""
+    """Training batches passed through :func:`crop_flip` (shifts of up to ``pad`` pixels) with their own
+    seeded generator."""
 
-    def __init__(self, batches: TensorBatches, seed: int):
+    def __init__(self, batches: TensorBatches, seed: int, pad: int):
         self.batches = self.iterable = batches  # (``iterable``: found by ttfs.train's input check)
         self.generator = torch.Generator().manual_seed(seed + 1)
+        self.pad = pad
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self):
         for x, y in self.batches:
-            yield crop_flip(x, self.generator), y
+            yield crop_flip(x, self.generator, self.pad), y
 
 
 def fit(
@@ -86,8 +92,8 @@ def fit(
     metrics go to MLflow and a checkpoint is written. DivergenceError from
     :func:`ttfs.train.train_epoch` propagates; the previous epoch's checkpoint stays in place.
     """
-    opt, scheduler = optimizer_for(model, p)
-    augmented = Augmented(train, seed) if p.augment == "crop_flip" else None
+    opt, scheduler = optimizer_for(model, p, len(train))
+    augmented = Augmented(train, seed, p.crop_padding) if p.augment == "crop_flip" else None
     generators = {"batches": train.generator} | ({"augment": augmented.generator} if augmented else {})
     history: list[dict] = []
     if state is not None:

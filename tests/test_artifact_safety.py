@@ -152,7 +152,7 @@ def test_round_trips_are_bit_exact(tmp_path, files):
     assert meta == meta2 and list(arrays) == list(arrays2)
     assert all(v.dtype == arrays2[k].dtype and v.tobytes() == arrays2[k].tobytes() for k, v in arrays.items())
     # a checkpoint is plain data (weights_only=True reads it back) and comes back bit for bit
-    opt, scheduler = optimizer_for(relu, PretrainParams())
+    opt, scheduler = optimizer_for(relu, PretrainParams(), 1)
     relu(torch.rand(4, 1, 28, 28)).sum().backward()
     opt.step()
     scheduler.step()

@@ -19,7 +19,7 @@ def _error(raw: dict) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "params.paper.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in ROOT.glob("params*.yaml")))  # every profile
 def test_shipped_profiles_are_valid(name):
     params = P.load(ROOT / name)
     assert params.experiments
@@ -81,6 +81,15 @@ def test_model_keywords_follow_the_zoo_signature(tiny_params):
     assert "experiments.tiny_fc2.model.width: input should be a valid integer" in _error(tiny_params)
     model["name"] = "resnet"
     assert "experiments.tiny_fc2.model.name: unknown model 'resnet'" in _error(tiny_params)
+
+
+def test_sequence_model_keywords_are_coerced(tiny_params):
+    """A zoo keyword with a sequence default (vgg_fmnist's widths: ints and "P" pools) takes a YAML list."""
+    tiny_params["experiments"]["tiny_fc2"]["model"] = {"name": "vgg_fmnist", "widths": [4, "4", "P"], "dense": 8}
+    assert "experiments.tiny_fc2.model.dense: input should be a valid tuple" in _error(tiny_params)
+    tiny_params["experiments"]["tiny_fc2"]["model"]["dense"] = [8]
+    model = P.parse(tiny_params).experiments["tiny_fc2"].model
+    assert model.kwargs() == {"widths": (4, 4, "P"), "dense": (8,)}
 
 
 def test_structure_errors(tiny_params):

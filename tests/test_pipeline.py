@@ -63,6 +63,42 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(a, b)
 
 
+class _Interrupted(TensorBatches):
+    """Stops the run (as a kill would) when its second epoch starts."""
+
+    epochs = 0
+
+    def __iter__(self):
+        self.epochs += 1
+        if self.epochs == 2:
+            raise KeyboardInterrupt
+        yield from super().__iter__()
+
+
+def test_cosine_nesterov_recipe_resumes_exactly(tmp_path):
+    """The fmnist_vgg recipe (SGD + Nesterov, cosine over the run, 2-pixel shifts): a run killed after
+    epoch 1 resumes to the uninterrupted run's curve and weights; the rate ends at 0."""
+    recipe = dict(optimizer="sgd", nesterov=True, schedule="cosine", crop_padding=2, weight_decay=5e-4)
+    model, train, test, p = _setup(epochs=3)
+    p = p.model_copy(update=recipe)
+    full = fit(model, train, test, p, tmp_path / "a.pt", None, _Run(), "full")
+    assert full[-1]["lr"] == pytest.approx(0.0, abs=1e-12) and full[0]["lr"] < p.lr
+    model1, _, test1, _ = _setup(epochs=3)
+    x, y = _data()
+    with pytest.raises(KeyboardInterrupt):
+        fit(model1, _Interrupted(x, y, 8, seed=0), test1, p, tmp_path / "b.pt", None, _Run(), "killed")
+    model2, train2, test2, _ = _setup(epochs=3)
+    resumed = fit(model2, train2, test2, p, tmp_path / "b.pt", checkpoint.load(tmp_path / "b.pt"), _Run(), "rest")
+    assert resumed == full
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_nesterov_needs_sgd():
+    with pytest.raises(ValueError, match="nesterov"):
+        PretrainParams(nesterov=True)
+
+
 def test_snn_resume_restores_adapted_windows(tmp_path):
     x, y = _data()
     relu = create_model("fc2", in_shape=(1, 12, 12), num_classes=3, width=16)

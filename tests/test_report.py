@@ -153,6 +153,27 @@ def test_paper_table_puts_our_numbers_beside_the_papers(tree):
     assert "fMNIST 93.14" in md  # the best published single-spike results
 
 
+def test_beyond_the_paper_sets_a_marked_experiment_beside_the_paper_and_pttfs(tree):
+    raw = copy.deepcopy(PARAMS)
+    md, _ = build(params(raw), tree)
+    assert "## Beyond the paper" not in md and "#beyond-the-paper" not in md  # nothing marked: no section
+    raw["experiments"]["fmnist_fc2"]["beyond_paper"] = True
+    md, page = build(params(raw), tree)
+    assert "- [Beyond the paper](#beyond-the-paper)" in md and 'id="beyond-the-paper"' in page
+    section = md.split("## Beyond the paper", 1)[1].split("\n## ", 1)[0]
+    body = table(section, "network", "source", "SNN (%)")
+    assert body[0] == ["`fmnist_fc2` (fc2)", "this profile (evaluate, test)", "89.50", "88.09", "0.203", "694",
+                       "0.2910"]
+    assert [r[0] for r in body[1:]] == ["fMNIST FC2", "fMNIST LeNet5", "best published single-spike"]
+    assert body[2][1:4] == ["Stanojevic et al., Nat. Commun. 2024", "90.94 ± 0.25", "90.91 ± 0.17"]
+    assert body[3][1:3] == ["Che et al., AAAI 2026, PTTFS", "93.14"]
+    assert ("SNN test accuracy 89.50 %: -1.44 pt against the paper's best (fMNIST LeNet5) (90.94 %); -3.64 pt "
+            "against the best published single-spike result (Che et al., AAAI 2026, PTTFS) (93.14 %).") in section
+    assert table(section, "layer", "spikes per neuron") == [["1", "0.2026", "694"]]
+    assert table(section, "trial", "L1 λ")  # the tune front, as in the experiment's own section
+    assert "Target check:" in section
+
+
 def test_experiment_sections_carry_conversion_evaluation_energy_and_constraints(tree):
     md, _ = build(params(), tree)
     assert rows(md, "`fmnist_fc2`", "fMNIST", "FC2", "no")[0][4:10] == ["88.09", "89.50", "+1.41", "99.81", "exact",

@@ -25,6 +25,7 @@ SMALL = {
     "resnet20": dict(in_shape=(3, 16, 16), width_multiplier=1 / 4),
     "resnet18_cifar": dict(in_shape=(3, 16, 16), width_multiplier=1 / 32),
     "resnet_small": dict(in_shape=(1, 12, 12), width_multiplier=1 / 4, block="bottleneck"),
+    "vgg_fmnist": dict(in_shape=(1, 12, 12), widths=[4, 4, "P", 8, "P"], dense=[16]),
 }
 ALLOWED = (
     nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout,
@@ -217,6 +218,19 @@ def test_full_size_vgg16_mnist_and_places365():
     assert parameters(places) == conv_total + dense
 
 
+def test_full_size_vgg_fmnist_is_the_probe_network():
+    """benchmarks/fmnist_vgg_probe.py's network: conv -> BN -> ReLU, three pools, dense 256 without BN."""
+    with torch.device("meta"):
+        model = create_model("vgg_fmnist")
+    assert [m.out_channels for m in affine(model)[:6]] == [32, 32, 64, 64, 128, 128]
+    assert dense_shapes(model) == [(128 * 3 * 3, 256), (256, 10)]
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model) == 3
+    kinds = [type(m) for m in model]
+    assert all(kinds[i + 1] is nn.BatchNorm2d and kinds[i + 2] is nn.ReLU
+               for i, k in enumerate(kinds) if k is nn.Conv2d)
+    assert not any(k is nn.BatchNorm1d for k in kinds)
+
+
 def test_flatten_size_follows_in_shape():
     model = create_model("vgg16_places365", in_shape=(3, 64, 48), width_multiplier=1 / 64)
     first_dense = affine(model)[13]
@@ -244,6 +258,9 @@ def test_width_multiplier_scales_hidden_widths_only():
         ("fc2", dict(dropout=1.0)),
         ("fc16", dict(depth=0)),
         ("fc2", dict(num_classes=0)),
+        ("vgg_fmnist", dict(widths=["P"])),
+        ("vgg_fmnist", dict(widths=[8, "M"])),
+        ("vgg_fmnist", dict(dense=[0])),
     ],
 )
 def test_invalid_arguments(name, kwargs):

@@ -277,3 +277,14 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
 def exponential_decay(optimizer: torch.optim.Optimizer, factor: float = 0.9, every: int = 5000):
     """The paper's schedule: multiply the learning rate by ``factor`` every ``every`` steps."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor ** (step // every))
+
+
+def cosine_decay(optimizer: torch.optim.Optimizer, total_steps: int):
+    """Cosine annealing from the optimiser's rate to 0 over ``total_steps`` steps (then 0).
+
+    A LambdaLR like :func:`exponential_decay`, so a checkpoint's scheduler state (the step count) resumes
+    either schedule.
+    """
+    total = max(int(total_steps), 1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total)
+                                                                                         / total)))

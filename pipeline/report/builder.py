@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..results import KINDS, ConvertResult, DtypeCheck, DynamicsResult, ParetoResult, Setting, Spectra, Trial
 from . import paper
-from .fmt import DASH, code, fixed, gen, mean_std, pct, sci
+from .fmt import DASH, big, code, fixed, gen, mean_std, pct, sci
 from .inputs import STAGES, ExperimentInputs, Inputs
 from .runs import NO_RUN, RunKey, RunRef
 
@@ -266,6 +266,74 @@ def paper_rows(experiments: tuple[ExperimentInputs, ...]) -> tuple[list[list[str
     return rows, absent
 
 
+# -- beyond the paper ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BeyondView:
+    """An experiment marked ``beyond_paper``: its evaluated SNN beside every paper result on its dataset and
+    the best published single-spike result, its spikes and SynOps per layer, and its L1 front."""
+
+    v: ExperimentView
+    rows: list[list[str]]
+    margin: str | None
+    layers: list[list[str]]
+
+
+def beyond_rows(e: ExperimentInputs) -> list[list[str]]:
+    """[network, source, SNN %, ReLU %, spikes/neuron, SynOps per sample, energy SNN/ANN]: ours first."""
+    ev = e.evaluate
+    ours = [f"{code(e.name)} ({e.params.model.name})", "this profile (evaluate, test)"]
+    ours += ([pct(ev.snn_accuracy), pct(ev.relu_accuracy), fixed(ev.spikes_per_neuron), big(ev.synops_per_sample),
+              fixed(ev.energy_pj.ratio, 4)] if ev else ["not run"] + [DASH] * 4)
+    rows = [ours]
+    for p in paper.PAPER:
+        if p.dataset != e.params.dataset:
+            continue
+        for l1, snn, spikes in ((False, p.snn, p.spikes), (True, p.snn_l1, p.spikes_l1)):
+            if snn is not None:
+                rows.append([paper_label(p.dataset, p.model, l1), paper.PAPER_SOURCE, snn.text(), p.relu.text(),
+                             spikes.text() if spikes else DASH, DASH, DASH])
+    best = paper.BEST_SINGLE_SPIKE
+    if e.params.dataset in best:
+        rows.append(["best published single-spike", paper.BEST_SINGLE_SPIKE_SOURCE,
+                     f"{best[e.params.dataset]:.2f}"] + [DASH] * 4)
+    return rows
+
+
+def beyond_margin(e: ExperimentInputs) -> str | None:
+    """Our SNN against the best paper row and the best single-spike result on the dataset, in points."""
+    if e.evaluate is None:
+        return None
+    ours = 100 * e.evaluate.snn_accuracy
+    on_dataset = [p for p in paper.PAPER if p.dataset == e.params.dataset]
+    refs = []
+    if on_dataset:
+        top = max(on_dataset, key=lambda p: p.snn.mean)
+        refs.append((f"the paper's best ({paper_label(top.dataset, top.model, False)})", top.snn.mean))
+    if e.params.dataset in paper.BEST_SINGLE_SPIKE:
+        refs.append((f"the best published single-spike result ({paper.BEST_SINGLE_SPIKE_SOURCE})",
+                     paper.BEST_SINGLE_SPIKE[e.params.dataset]))
+    if not refs:
+        return None
+    return f"SNN test accuracy {ours:.2f} %: " + "; ".join(f"{ours - v:+.2f} pt against {label} ({v:.2f} %)"
+                                                          for label, v in refs) + "."
+
+
+def beyond_layers(e: ExperimentInputs) -> list[list[str]]:
+    ev = e.evaluate
+    if ev is None:
+        return []
+    return [[layer.removeprefix("layer"), fixed(spikes, 4),
+             big(ev.synops_per_layer[layer]) if layer in ev.synops_per_layer else DASH]
+            for layer, spikes in ev.spikes_per_neuron_per_layer.items()]
+
+
+def beyond_views(views: list[ExperimentView]) -> list[BeyondView]:
+    return [BeyondView(v, beyond_rows(v.e), beyond_margin(v.e), beyond_layers(v.e))
+            for v in views if v.e.params.beyond_paper]
+
+
 # -- the learning dynamics -------------------------------------------------------------------------------
 
 #: the B1 == ReLU claim of SPEC 4 holds when the training losses agree this closely at every record
@@ -509,7 +577,8 @@ def context(inputs: Inputs, runs: dict[tuple[str, str], RunRef], runs_problem: s
     dyn_plots = [(Path("plots") / "dynamics" / p, p.removesuffix(".png").replace("_", " ")) for p in DYNAMICS_PLOTS]
     return {
         "params": inputs.params, "experiments": views, "paper_rows": table_rows, "paper_absent": absent,
-        "profile": profile or os.getenv("TTFS_PROFILE") or "default",
+        "profile": profile or os.getenv("TTFS_PROFILE") or "default", "beyond": beyond_views(views),
+        "best_single_spike_source": paper.BEST_SINGLE_SPIKE_SOURCE,
         "best_single_spike": ", ".join(f"{paper.dataset_label(d)} {v:.2f}" for d, v in paper.BEST_SINGLE_SPIKE.items()),
         "dynamics": inputs.dynamics, "dynamics_figures": figures(root, prefix, dyn_plots, "dynamics", None),
         "dynamics_view": dynamics_view(inputs.dynamics) if inputs.dynamics is not None else None,

@@ -46,7 +46,10 @@ PAPER: tuple[PaperResult, ...] = (
     PaperResult("places365", "vgg16", Value(52.69, note="converted"), Value(53.86, 0.02), Value(48.88, 0.06),
                 Value(0.54), Value(0.27)),
 )
-#: Best published single-spike accuracies (at most one spike per neuron): Che et al., AAAI 2026 (PTTFS).
+#: Who the numbers are from: this module's paper, and the best published single-spike results below.
+PAPER_SOURCE = "Stanojevic et al., Nat. Commun. 2024"
+BEST_SINGLE_SPIKE_SOURCE = "Che et al., AAAI 2026, PTTFS"
+#: Best published single-spike accuracies (at most one spike per neuron): BEST_SINGLE_SPIKE_SOURCE.
 BEST_SINGLE_SPIKE = {"mnist": 99.51, "fashion_mnist": 93.14, "cifar10": 95.06, "cifar100": 74.07}
 #: What the paper reports under each hardware constraint (SPEC 5), for CIFAR10 VGG16.
 PAPER_CONSTRAINTS = {

@@ -88,9 +88,9 @@ class TrialRunner:
         snn = copy.deepcopy(self.start)
         torch.manual_seed(self.exp.params.seed)  # dropout and anything else drawing from the global RNG
         p = self.finetune.model_copy(update={"lr": lr, "l1": l1, "epochs": self.tp.epochs})
-        opt, scheduler = optimizer_for(snn, p)
         batches = TensorBatches(*self.train, self.batch_size, shuffle=True, seed=self.exp.params.seed,
                                 device=self.exp.device)
+        opt, scheduler = optimizer_for(snn, p, len(batches))
         for epoch in range(1, self.tp.epochs + 1):
             stats = train_epoch(snn, batches, opt, l1=l1, kappa=p.kappa, adapt_windows=p.adapt_windows,
                                 nonpositive_bias=p.nonpositive_bias, scheduler=scheduler)
