@@ -6,7 +6,7 @@ B1 SNN and, for every percentile in ``--percentiles``, runs the sweep stage's ``
 through the sweep's own code: ``pipeline.sweeps.Sweep.run_setting("weight_bits", 4)`` quantises a fresh
 copy of the SNN to 4 bits with the range at that percentile of |W| per layer
 (``ttfs.constraints.quantise_weights``), measures it, fine-tunes it under the constraint with
-``pipeline.training.fit`` and ``SweepParams.finetune_params()`` (1 epoch, Adam at lr 1e-4, batch 32, fixed
+``pipeline.training.fit`` and ``SweepParams.finetune_params("weight_bits")`` (1 epoch, Adam at lr 1e-4, batch 32, fixed
 windows, hidden biases kept <= 0 when the recipe does) and measures it again. Here the sweep's measuring
 split is the *validation* split (5,000 images), so every number that decides is a validation number.
 

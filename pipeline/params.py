@@ -247,6 +247,8 @@ class SweepParams(Section):
     weight_percentile: Annotated[Float, Field(gt=0, le=100)] = 100.0
     finetune_epochs: NonNegativeInt = 1
     finetune_lr: PositiveFloat = 1e-4
+    # a constraint's own rate instead of finetune_lr, e.g. {weight_bits: 1.0e-5}
+    finetune_lr_for: dict[Literal["jitter", "time_steps", "weight_bits", "latency_factor"], PositiveFloat] = {}
     batch_size: PositiveInt = 8
     nonpositive_bias: bool = False  # as in the finetune section: hidden biases stay <= 0 while fine-tuning
     eval_batch_size: PositiveInt = 1000
@@ -280,9 +282,11 @@ class SweepParams(Section):
         """Steps K per window of a ``time_steps`` grid value (K itself, or 2^b - 1 for b bits)."""
         return time_steps_for(value, self.time_levels)
 
-    def finetune_params(self) -> FinetuneParams:
-        """The fine-tuning under a constraint: the finetune stage's loop with fixed windows."""
-        return FinetuneParams(epochs=self.finetune_epochs, batch_size=self.batch_size, lr=self.finetune_lr,
+    def finetune_params(self, kind: str) -> FinetuneParams:
+        """The fine-tuning under constraint ``kind``: the finetune stage's loop with fixed windows, at the
+        kind's rate (``finetune_lr_for``, else ``finetune_lr``)."""
+        return FinetuneParams(epochs=self.finetune_epochs, batch_size=self.batch_size,
+                              lr=self.finetune_lr_for.get(kind, self.finetune_lr),
                               adapt_windows=False, nonpositive_bias=self.nonpositive_bias,
                               eval_batch_size=self.eval_batch_size, chance_margin=None)  # chance is a result here
 

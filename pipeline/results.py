@@ -385,6 +385,7 @@ class Setting(Record):
 
     value: Number
     finetune_epochs: Count
+    finetune_lr: float  # SweepParams.finetune_lr_for[kind], else finetune_lr
     before: Measure
     finetuned: Measure | None  # null without fine-tuning
     finetune_train_accuracy: Nullable

@@ -166,7 +166,7 @@ class NullRecorder:
     parent_run_id = None
     parent_resumed = False
 
-    def child(self, kind: str, value: float, resume: str | None = None):
+    def child(self, kind: str, value: float, lr: float, resume: str | None = None):
         return _NullRun()
 
     def finish_child(self, run, kind: str, value: float, result: dict, seconds: float | None) -> None:
@@ -191,7 +191,8 @@ class MlflowRecorder:
     def parent_resumed(self) -> bool:
         return self.parent.resumed
 
-    def child(self, kind: str, value: float, resume: str | None = None):
+    def child(self, kind: str, value: float, lr: float, resume: str | None = None):
+        """The setting's nested run; ``lr``: the rate it fine-tunes at (SweepParams.finetune_params)."""
         key = setting_key(kind, value)
         tags = self.tags | {
             "mlflow.parentRunId": self.parent.run_id, "mlflow.runName": key,
@@ -199,7 +200,7 @@ class MlflowRecorder:
             "constraint": kind, "constraint_value": fmt(value),
             "params_hash": P.params_hash(self.params, kind, value),
         }
-        params = run_params(self.params, "sweep") | {"constraint": {"kind": kind, "value": value}}
+        params = run_params(self.params, "sweep", {"lr": lr}) | {"constraint": {"kind": kind, "value": value}}
         return self.tracker.run(self.stage, params, tags, resume=resume)
 
     def finish_child(self, run, kind: str, value: float, result: dict, seconds: float | None) -> None:
@@ -213,7 +214,7 @@ class MlflowRecorder:
         """A setting finished before an interruption: its run exists if the parent was resumed, else re-log it."""
         if self.parent.resumed and run_id:
             return
-        with self.child(kind, value) as run:
+        with self.child(kind, value, result["finetune_lr"]) as run:
             run.set_tags({"restored_from": "sweep state checkpoint"})
             self.finish_child(run, kind, value, result, None)
 
@@ -367,19 +368,20 @@ class Sweep:
         before = self.evaluate(snn, kind, value)
         ckpt = self.setting_checkpoint(kind, value)
         state = checkpoint.load(ckpt) if self.sp.finetune_epochs else None
-        with self.recorder.child(kind, value, resume=state and state.get("run_id")) as run:
+        finetune = self.sp.finetune_params(kind)
+        with self.recorder.child(kind, value, finetune.lr, resume=state and state.get("run_id")) as run:
             finetuned, history = None, []
             if self.sp.finetune_epochs:
                 torch.manual_seed(self.seed)
                 train = _batches(self.data.train_x, self.data.train_y, self.sp.batch_size, True, self.seed,
                                  self.device, self.dtype)
-                history = fit(snn, train, self.val, self.sp.finetune_params(), ckpt, state, run,
+                history = fit(snn, train, self.val, finetune, ckpt, state, run,
                               f"{self.desc} {setting_key(kind, value)}", seed=self.seed)
                 finetuned = self.evaluate(snn, kind, value)
             final = finetuned or before
             windows = [float(d) for d in snn.deltas.tolist()]
             result = {
-                "kind": kind, "value": value, "finetune_epochs": len(history),
+                "kind": kind, "value": value, "finetune_epochs": len(history), "finetune_lr": finetune.lr,
                 "before": before, "finetuned": finetuned,
                 "finetune_train_accuracy": history[-1]["train_accuracy"] if history else None,
                 "latency": float(snn.latency()),

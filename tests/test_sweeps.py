@@ -253,6 +253,8 @@ def parse_sweep(section, _path=None):
         ({"bits": [4]}, r"experiments\.toy\.sweep\.bits: unknown key; allowed keys: jitter"),
         ({"time_levels": "bits", "time_steps": [4, 30]}, r"time_steps\[1\]: at most 24 time bits .*got 30"),
         ({"time_levels": "levels"}, r"time_levels: expected one of steps, bits"),
+        ({"finetune_lr_for": {"bits": 1e-5}}, r"finetune_lr_for\.bits\[key\]: expected one of jitter, time_steps"),
+        ({"finetune_lr_for": {"weight_bits": 0}}, r"finetune_lr_for\.weight_bits: .* greater than 0"),
     ],
 )
 def test_bad_grid_values_are_rejected_with_the_key_and_value(section, message):
@@ -265,6 +267,8 @@ def test_grid_values_are_coerced_like_dvc_exp_run_writes_them():
                       "train_metrics": "true"}, "s")
     assert sp.jitter == (0.01, 0.0) and sp.time_steps == (16,) and sp.latency_factor == (4.0,)
     assert sp.finetune_lr == 1e-5 and sp.train_metrics is True
+    own = parse_sweep({"finetune_lr": 1e-4, "finetune_lr_for": {"weight_bits": 1e-5}})
+    assert own.finetune_params("weight_bits").lr == 1e-5 and own.finetune_params("jitter").lr == 1e-4
     assert parse_sweep({}, "s") == parse_sweep(None, "s") == P.SweepParams()
     assert parse_sweep({"weight_bits": []}, "s").weight_bits == ()
 
@@ -283,7 +287,7 @@ def test_stage_writes_outputs_and_nested_mlflow_runs_linked_to_the_reference(tin
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     grid = {"jitter": [0, 0.1], "jitter_seeds": 2, "time_steps": [4], "weight_bits": [3], "latency_factor": [2],
-            "finetune_epochs": 1, "batch_size": 32, "finetune_lr": 1e-3}
+            "finetune_epochs": 1, "batch_size": 32, "finetune_lr": 1e-3, "finetune_lr_for": {"weight_bits": 2e-4}}
     raw = tiny_params  # conftest: synthetic data, experiment tiny_fc2
     raw["experiments"]["toy"] = raw["experiments"].pop("tiny_fc2")
     upstream = "params.yaml"
@@ -335,7 +339,10 @@ def test_stage_writes_outputs_and_nested_mlflow_runs_linked_to_the_reference(tin
         assert child.info.status == "FINISHED"
         assert child.data.params["constraint.kind"] == child.data.tags["constraint"]
         params = child.data.params  # shared hyperparameters unprefixed, as on the finetune run
-        assert params["epochs"] == str(grid["finetune_epochs"]) and float(params["lr"]) == grid["finetune_lr"]
+        lr = 2e-4 if child.data.tags["constraint"] == "weight_bits" else grid["finetune_lr"]  # finetune_lr_for
+        assert params["epochs"] == str(grid["finetune_epochs"]) and float(params["lr"]) == lr
+        assert result["settings"][child.data.tags["constraint"]][child.data.tags["constraint_value"]][
+            "finetune_lr"] == lr
         assert params["seed"] and params["batch_size"] and not any(k.startswith("sweep.") for k in params)
         assert {"before.accuracy", "finetuned.accuracy", "latency", "delta.test_accuracy"} <= set(child.data.metrics)
 
