@@ -11,6 +11,11 @@ itself whether it changed, so the outputs and dvc.lock are what a plain `dvc rep
     python -m pipeline.repro                    # the whole pipeline, one stage per core
     python -m pipeline.repro report -j 1        # what `report` needs, one stage at a time
     python -m pipeline.repro -f sweep@fmnist_fc2
+    python -m pipeline.repro --gpus 0,1,2,3     # (the default on a 4-GPU machine) one GPU per stage
+
+On a machine with several GPUs each running stage gets one of them (``CUDA_VISIBLE_DEVICES``), so the
+paper profile's independent experiments (its 16 trials per row are experiments of their own) train
+side by side, one per GPU; under ``device: auto`` a stage uses the GPU it was given.
 
 Each stage's output goes to logs/repro/<stage>.log, and a progress bar shows the stages that are
 running. A failed stage stops new launches. The stages already running finish, every finished stage
@@ -84,6 +89,7 @@ class Job:
     stage: str
     proc: subprocess.Popen
     log: Path
+    gpu: str | None
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -95,8 +101,14 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def run(targets: list[str], jobs: int, dvc_args: list[str]) -> int:
-    """Reproduce ``targets`` (all stages if empty) with up to ``jobs`` stages at once; the exit status."""
+def run(targets: list[str], jobs: int, dvc_args: list[str], gpus: list[str] = ()) -> int:
+    """Reproduce ``targets`` (all stages if empty) with up to ``jobs`` stages at once; the exit status.
+
+    ``gpus``: device ids; each running stage gets one of its own (``CUDA_VISIBLE_DEVICES``), so at most
+    ``len(gpus)`` stages run at once."""
+    if gpus:
+        jobs = min(jobs, len(gpus))
+    free_gpus = list(gpus)
     graph = stage_graph(targets)
     previous = json.loads(TIMES.read_text()) if TIMES.is_file() else {}
     priority = remaining_work(graph, {s: r["seconds"] for s, r in previous.items() if r.get("ran")})
@@ -110,13 +122,17 @@ def run(targets: list[str], jobs: int, dvc_args: list[str]) -> int:
 
     def launch(stage: str) -> None:
         log = LOGS / _log_name(stage)
+        gpu = free_gpus.pop(0) if free_gpus else None
         with log.open("w") as out:
             # a session of its own: an interruption reaches dvc and the stage's command (see below)
             proc = subprocess.Popen(["dvc", "--wait-for-lock", "repro", "--single-item", *dvc_args, stage],
-                                    stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        running.append(Job(stage, proc, log))
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env=env | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
+        running.append(Job(stage, proc, log, gpu))
 
     def finish(job: Job) -> None:
+        if job.gpu is not None:
+            free_gpus.append(job.gpu)
         seconds = time.perf_counter() - job.started
         ran = "Running stage '" in job.log.read_text(errors="replace")
         done[job.stage] = {"seconds": round(seconds, 1), "started": round(job.started - t0, 1), "ran": ran,
@@ -180,11 +196,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-j", "--jobs", type=int, default=available_cores(),
                         help="stages at once (default: the cores this process may use)")
     parser.add_argument("-f", "--force", action="store_true", help="rerun stages even if nothing changed")
+    parser.add_argument("--gpus", default=None,
+                        help="comma-separated GPU ids, one per running stage (default: every GPU when there are "
+                             "several, none with one or none; 'none': never set CUDA_VISIBLE_DEVICES)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: need at least 1")
+    gpus = _gpus(args.gpus)
     signal.signal(signal.SIGTERM, _sigterm)
-    return run(args.targets, args.jobs, ["--force"] if args.force else [])
+    return run(args.targets, args.jobs, ["--force"] if args.force else [], gpus)
+
+
+def _gpus(spec: str | None) -> list[str]:
+    """GPU ids to hand out: the given list, or (default) every visible GPU when there are several."""
+    if spec is not None:
+        return [] if spec.strip() == "none" else [g.strip() for g in spec.split(",") if g.strip()]
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    count = torch.cuda.device_count()
+    ids = [g.strip() for g in visible.split(",")][:count] if visible else [str(i) for i in range(count)]
+    return ids if len(ids) > 1 else []
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(not (BIN / "dvc").exists(), reason="needs dvc in
 # a stage command: sleep, then write "<start> <end>" to its output (and fail if told to)
 STEP = ("import os, sys, time; t = time.time(); open(sys.argv[1] + '.pid', 'w').write(str(os.getpid())); "
         "time.sleep(float(sys.argv[2])); "
-        "open(sys.argv[1], 'w').write(f'{t} {time.time()}'); sys.exit(int(sys.argv[3]))")
+        "gpu = os.environ.get('CUDA_VISIBLE_DEVICES', '-'); "
+        "open(sys.argv[1], 'w').write(f'{t} {time.time()} {gpu}'); sys.exit(int(sys.argv[3]))")
 
 
 def _project(path: Path, failing: str | None = None) -> dict[str, str]:
@@ -54,7 +55,7 @@ def _committed(lock_file: Path) -> set[str]:
 
 
 def _interval(path: Path) -> tuple[float, float]:
-    start, end = map(float, path.read_text().split())
+    start, end = map(float, path.read_text().split()[:2])
     return start, end
 
 
@@ -75,6 +76,15 @@ def test_independent_stages_run_at_once_and_the_result_is_a_plain_dvc_repro(tmp_
     again = _repro(tmp_path / "p", env)
     assert again.returncode == 0 and again.stdout.count("up to date") == 4, again.stdout
     assert json.loads((tmp_path / "p/logs/repro/times.json").read_text())["b"] == times["b"]  # kept for ordering
+
+
+def test_each_running_stage_gets_a_gpu_of_its_own(tmp_path):
+    env = _project(tmp_path / "p")
+    assert _repro(tmp_path / "p", env, "-j", "4", "--gpus", "3,5").returncode == 0
+    gpu = {s: (tmp_path / f"p/{s}.txt").read_text().split()[2] for s in "abcd"}
+    assert {gpu["b"], gpu["c"]} == {"3", "5"} and {gpu["a"], gpu["d"]} <= {"3", "5"}  # b, c ran at once
+    assert _repro(tmp_path / "p", env, "-f", "--gpus", "none", "a").returncode == 0
+    assert (tmp_path / "p/a.txt").read_text().split()[2] == env.get("CUDA_VISIBLE_DEVICES", "-")
 
 
 def test_one_job_runs_stages_one_at_a_time(tmp_path):
