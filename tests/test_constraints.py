@@ -209,3 +209,15 @@ def test_nonpositive_biases_refuse_batch_norm_and_alpha1(network):
     alpha1 = ttfs.convert(model, inputs, parameterisation="alpha1")
     with pytest.raises(ValueError, match="B1 networks"):
         clamp_hidden_biases(alpha1)
+
+
+def test_jitter_of_a_batch_slice_is_that_slice_of_the_global_batch_jitter():
+    """A data-parallel process (batch_slice set) draws the noise one process would draw for the global batch."""
+    from ttfs.constraints import SpikeTimeConstraints
+
+    t = torch.rand(6, 5, dtype=torch.float64)
+    t_min, t_max = torch.zeros((), dtype=torch.float64), torch.full((), 2.0, dtype=torch.float64)
+    whole = SpikeTimeConstraints(jitter=0.1, seed=3)(t, t_min, t_max)
+    part = SpikeTimeConstraints(jitter=0.1, seed=3)
+    part.batch_slice = (2, 5, 6)
+    assert torch.equal(part(t[2:5], t_min, t_max), whole[2:5])

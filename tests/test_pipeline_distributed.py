@@ -173,3 +173,46 @@ def test_parallel_jobs_and_torchrun_processes_share_the_cores(monkeypatch, tiny_
             vgg.use_threads("pretrain")
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_sweep_stage_under_torchrun_equals_the_one_process_sweep(tmp_path, tiny_params):
+    """The sweep's fine-tuning under every constraint runs data-parallel under torchrun: sweep.json equals the
+    one-process sweep's (float64), and rank 0 alone records the MLflow runs."""
+    exp = tiny_params["experiments"]["tiny_fc2"]
+    exp.update(dtype="float64")
+    exp["sweep"] = {"jitter": [0.05], "jitter_seeds": 2, "time_steps": [4], "weight_bits": [3], "latency_factor": [2],
+                    "finetune_epochs": 1, "finetune_lr": 1e-3, "finetune_lr_for": {"weight_bits": 3e-4},
+                    "batch_size": 16}
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    (one / "params.yaml").write_text(yaml.safe_dump(tiny_params))
+    env1 = _stage_env(one)
+    for stage in ("prepare synthetic", "pretrain tiny_fc2", "convert tiny_fc2", "finetune tiny_fc2"):
+        subprocess.run([sys.executable, "-m", f"stages.{stage.split()[0]}", stage.split()[1]], cwd=one, env=env1,
+                       check=True, capture_output=True)
+    shutil.copytree(one, two, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    env2 = _stage_env(two)
+    subprocess.run([sys.executable, "-m", "stages.finetune", "tiny_fc2"], cwd=two, env=env2, check=True,
+                   capture_output=True)  # the reference runs in two's own MLflow store (up to date: re-logged)
+    single = subprocess.run([sys.executable, "-m", "stages.sweep", "tiny_fc2"], cwd=one, env=env1,
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    parallel = subprocess.run(_torchrun("-m", "stages.sweep", "tiny_fc2"), cwd=two, env=env2, capture_output=True,
+                              text=True)
+    assert parallel.returncode == 0, parallel.stderr
+    a = json.loads((one / "metrics/tiny_fc2/sweep.json").read_text())
+    b = json.loads((two / "metrics/tiny_fc2/sweep.json").read_text())
+    for kind, settings in a["settings"].items():
+        for value, setting in settings.items():
+            other = b["settings"][kind][value]
+            assert other["finetuned"]["accuracy"] == setting["finetuned"]["accuracy"], (kind, value)
+            assert other["finetuned"]["loss"] == pytest.approx(setting["finetuned"]["loss"], rel=TOL), (kind, value)
+            assert other["finetune_lr"] == setting["finetune_lr"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(env2["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("tiny_fc2").experiment_id])
+    sweeps = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweeps[0].info.run_id]
+    assert len(sweeps) == 1 and len(children) == 4  # rank 0 only: one parent, one run per setting

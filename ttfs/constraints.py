@@ -64,6 +64,11 @@ class SpikeTimeConstraints(nn.Module):
     quantises the input encoding but does not jitter it (the input window is the only one that
     starts at t_min^(0): every later one starts a positive width after it). None: every call is a
     layer's output and is jittered. :func:`constrain_spike_times` sets it from ``jitter_inputs``.
+
+    ``batch_slice`` = (start, stop, global batch size): the samples of a global batch that this call
+    sees, set by :class:`ttfs.distributed.Replicas` for one data-parallel step. The noise is then drawn
+    for the whole global batch and sliced, so N processes draw what one process would (exact jitter
+    across world sizes).
     """
 
     def __init__(self, jitter: float = 0.0, time_steps: int | None = None, seed: int | None = None,
@@ -78,6 +83,7 @@ class SpikeTimeConstraints(nn.Module):
         self.input_start = None if input_start is None else float(input_start)
         self.generator: torch.Generator | None = None
         self.seed = seed
+        self.batch_slice: tuple[int, int, int] | None = None
 
     @property
     def levels(self) -> int | None:
@@ -91,7 +97,12 @@ class SpikeTimeConstraints(nn.Module):
     def _jittered(self, t: Tensor, t_min: Tensor, t_max: Tensor) -> Tensor:
         if self.generator is None and self.seed is not None:
             self.reseed(self.seed, t.device)
-        noise = torch.randn(t.shape, generator=self.generator, device=t.device, dtype=t.dtype)
+        if self.batch_slice is None:
+            noise = torch.randn(t.shape, generator=self.generator, device=t.device, dtype=t.dtype)
+        else:
+            start, stop, total = self.batch_slice
+            noise = torch.randn((total, *t.shape[1:]), generator=self.generator, device=t.device,
+                                dtype=t.dtype)[start:stop]
         moved = t < t_max  # silent neurons stay silent
         if self.input_start is not None:
             moved = moved & (t_min > self.input_start)  # a tensor test: no host sync per layer

@@ -175,12 +175,24 @@ class Replicas:
     def step(self, z: Tensor, y: Tensor, l1: float, kappa: float | None, lean: bool):
         """(loss to backpropagate, local loss sum, logits, SpikeRecord or None) of one slice.
 
-        The global batch size comes from one all-reduce of the slice sizes.
+        The global batch size, and where this slice starts in it, come from one all-gather of the slice
+        sizes; an SNN's spike-time constraints draw their jitter for the global batch and keep this
+        slice's part (:class:`ttfs.constraints.SpikeTimeConstraints`).
         """
-        n = self.sum(torch.tensor([len(y)], dtype=torch.float64, device=self.device))
+        sizes = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.world)]
+        dist.all_gather(sizes, torch.tensor([len(y)], dtype=torch.int64, device=self.device))
+        counts = [int(c) for c in torch.cat(sizes).tolist()]
+        total, start = sum(counts), sum(counts[:self.rank])
         dtype = z.dtype if z.is_floating_point() else torch.get_default_dtype()
-        scale = (self.world / n[0]).to(dtype)
-        return self.ddp(z, y, scale, l1, kappa, lean)
+        scale = torch.tensor(self.world / total, dtype=dtype, device=self.device)
+        constraints = getattr(self.model, "spike_constraints", None)
+        if constraints is not None:
+            constraints.batch_slice = (start, start + len(y), total)
+        try:
+            return self.ddp(z, y, scale, l1, kappa, lean)
+        finally:
+            if constraints is not None:
+                constraints.batch_slice = None
 
 
 __all__ = ["Replicas", "init", "launched", "leave", "local_rank", "shard", "world"]
