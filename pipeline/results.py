@@ -281,6 +281,7 @@ class FinetuneResult(StageResult):
     val_loss: Nullable
     epochs: Count
     mode: Literal["converted", "scratch"]
+    # the SNN against the ReLU network it maps back to (ttfs.to_relu), both in float64, on the test set
     equivalent_relu_agreement: Fraction
     equivalent_relu_max_rel_logit_diff: Nullable
     causality_violations: Count

@@ -2,12 +2,16 @@
 
 ``converted`` fine-tunes the verified SNN of the convert stage; ``scratch`` trains a B1 SNN from the
 freshly initialised zoo model (the paper's MNIST/fMNIST setting: with the pretrain seed and settings it
-follows the ReLU network's trajectory). Windows adapt after every step (SPEC 2.8).
+follows the ReLU network's trajectory). Windows adapt after every step (SPEC 2.8). The trained SNN is
+checked against the ReLU network it maps back to (``ttfs.to_relu``) in float64, whatever it trained in.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
+
+import torch
 
 from pipeline import checkpoint, plots
 from pipeline import params as P
@@ -48,7 +52,9 @@ def main(ctx: Context) -> None:
             return
         final = evaluate(snn, test)
         val_final = evaluate(snn, val) if len(val.labels) else {"accuracy": None, "loss": None}
-        exactness = compare_to_relu(to_relu(snn), snn, test, split="test")
+        snn64 = copy.deepcopy(snn).to(exp.device, torch.float64)
+        exactness = compare_to_relu(to_relu(snn64), snn64, exp.batches("test", p.eval_batch_size, shuffle=False,
+                                                                        dtype=torch.float64), split="test")
         result = FinetuneResult(
             params_hash=exp.params_hash("finetune"), lineage=lineage,
             test_accuracy=final["accuracy"], test_loss=final["loss"], val_accuracy=val_final["accuracy"],

@@ -2,8 +2,8 @@
 
 The params are params.fmnist_vgg.yaml itself with only the scale changed (synthetic images, tiny widths,
 one epoch, two tune trials, a tiny dynamics study): the recipe keys of the profile (SGD with Nesterov
-momentum, cosine schedule, 2-pixel shifts, batch norm folded at conversion, L1 and hidden biases <= 0 in
-fine-tuning, the report's beyond_paper section) run as written.
+momentum, cosine schedule, 2-pixel shifts, batch norm folded at conversion, L1 in fine-tuning, the report's
+beyond_paper section) run as written.
 """
 
 from __future__ import annotations
@@ -60,9 +60,11 @@ def test_the_profile_converts_exactly_and_fine_tunes_a_sparse_snn(repo):
     assert convert["causality_violations"] == 0 and convert["snn_accuracy"] == convert["relu_accuracy"]
     finetune = repo.json(f"metrics/{NAME}/finetune.json")
     assert finetune["mode"] == "converted" and 0 < finetune["spikes_per_neuron"] < 1
-    assert finetune["equivalent_relu_agreement"] == 1.0
+    assert finetune["equivalent_relu_agreement"] == 1.0  # checked in float64, though it trains in float32
+    assert finetune["equivalent_relu_max_rel_logit_diff"] <= 1e-9
     snn, _ = load_snn(repo.path / f"models/{NAME}/snn.pt")
-    assert all(float(layer.bias.detach().max()) <= 0.0 for layer in snn.neuron_layers[:-1])  # nonpositive_bias
+    if PROFILE["experiments"][NAME]["finetune"].get("nonpositive_bias"):
+        assert all(float(layer.bias.detach().max()) <= 0.0 for layer in snn.neuron_layers[:-1])
     curve = (repo.path / f"plots/{NAME}/pretrain_curve.csv").read_text().splitlines()
     assert float(curve[-1].split(",")[-1]) == pytest.approx(0.0, abs=1e-12)  # cosine: lr 0 after the last step
     evaluate = repo.json(f"metrics/{NAME}/evaluate.json")
