@@ -179,15 +179,16 @@ class Replicas:
         sizes; an SNN's spike-time constraints draw their jitter for the global batch and keep this
         slice's part (:class:`ttfs.constraints.SpikeTimeConstraints`).
         """
-        sizes = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.world)]
-        dist.all_gather(sizes, torch.tensor([len(y)], dtype=torch.int64, device=self.device))
-        counts = [int(c) for c in torch.cat(sizes).tolist()]
-        total, start = sum(counts), sum(counts[:self.rank])
+        gathered = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.world)]
+        dist.all_gather(gathered, torch.tensor([len(y)], dtype=torch.int64, device=self.device))
+        sizes = torch.cat(gathered)
         dtype = z.dtype if z.is_floating_point() else torch.get_default_dtype()
-        scale = torch.tensor(self.world / total, dtype=dtype, device=self.device)
+        scale = (self.world / sizes.sum().to(torch.float64)).to(dtype)  # on the device: no host sync
         constraints = getattr(self.model, "spike_constraints", None)
-        if constraints is not None:
-            constraints.batch_slice = (start, start + len(y), total)
+        if constraints is not None:  # the slice's place in the global batch: host ints, read only here
+            counts = sizes.tolist()
+            start = sum(counts[:self.rank])
+            constraints.batch_slice = (start, start + len(y), sum(counts))
         try:
             return self.ddp(z, y, scale, l1, kappa, lean)
         finally:
