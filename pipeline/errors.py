@@ -6,6 +6,16 @@ status; every other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import signal
+
+#: the exit status of an interrupted stage or reproduction (128 + SIGINT, as a shell reports Ctrl-C)
+EXIT_INTERRUPTED = 130
+
+
+def raise_interrupt(signum, _frame):
+    """Signal handler: SIGTERM (or any other signal) ends the work the way Ctrl-C does, as KeyboardInterrupt."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
 
 class PipelineError(Exception):
     """An expected failure of a stage (bad input, corrupt file, failed run); never a bug."""

@@ -41,11 +41,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .errors import EXIT_INTERRUPTED, raise_interrupt
 from .threads import available_cores
 
 LOGS = Path("logs") / "repro"
 TIMES = LOGS / "times.json"
-EXIT_INTERRUPTED = 130
 _NODE = re.compile(r'^\s*"([^"]+)";\s*$')
 _EDGE = re.compile(r'^\s*"([^"]+)"\s*->\s*"([^"]+)";\s*$')
 
@@ -185,10 +185,6 @@ def run(targets: list[str], jobs: int, dvc_args: list[str], gpus: list[str] = ()
     return 0
 
 
-def _sigterm(signum, _frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.repro", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -203,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: need at least 1")
     gpus = _gpus(args.gpus)
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     return run(args.targets, args.jobs, ["--force"] if args.force else [], gpus)
 
 

@@ -34,13 +34,13 @@ from ttfs.train import DivergenceError, TensorBatches
 from . import params as P
 from .artifacts import Paths, prepared_dir
 from .data import Prepared, load_prepared
-from .errors import ParamsError, PipelineError
+from .errors import EXIT_INTERRUPTED, ParamsError, PipelineError, raise_interrupt
 from .results import PretrainResult, lineage_digest
 from .streaming import StreamBatches, Streamed, is_streamed, load_streamed
 from .threads import ThreadSetting, configure_threads
 from .tracking import REFERENCE, NullRun, StageRun, Tracker, project_root, run_params
 
-EXIT_FAILED, EXIT_PARAMS, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_PARAMS = 1, 2
 
 
 @dataclass
@@ -56,10 +56,6 @@ class Context:
     def experiment(self) -> Experiment:
         exp = self.params.experiment(self.name)
         return Experiment(self.name, exp, self.params.datasets.get(exp.dataset))
-
-
-def _interrupt(signum, _frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 RESUMES = "its MLflow run is marked KILLED and the next run resumes from the last checkpoint"
@@ -87,7 +83,7 @@ def stage(name: str, target: str | None = "experiment",
                 arguments(parser)
             args = parser.parse_args(argv)
             label = f"{name} {args.name}" if target else name
-            previous = signal.signal(signal.SIGTERM, _interrupt)
+            previous = signal.signal(signal.SIGTERM, raise_interrupt)
             joined = False
             try:
                 params = P.load(args.params)

@@ -172,7 +172,7 @@ def test_sigterm_during_a_checkpoint_write_waits_for_the_write(tmp_path, monkeyp
     import os
     import signal
 
-    from pipeline.runner import _interrupt
+    from pipeline.errors import raise_interrupt
 
     real_save = torch.save
 
@@ -181,7 +181,7 @@ def test_sigterm_during_a_checkpoint_write_waits_for_the_write(tmp_path, monkeyp
         real_save(obj, f)
 
     monkeypatch.setattr(torch, "save", save_hit_mid_write)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
             checkpoint.save(tmp_path / "c.pt", {"history": [{"epoch": 1}]})
