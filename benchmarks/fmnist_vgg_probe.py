@@ -22,7 +22,7 @@ from torch import nn
 
 from pipeline.data import load_or_prepare
 from pipeline.training import crop_flip
-from ttfs.train import TensorBatches, evaluate
+from ttfs.train import TensorBatches, cosine_decay, evaluate
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -58,7 +58,7 @@ def main() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                           weight_decay=args.weight_decay)
     steps = args.epochs * math.ceil(len(data.train_y) / args.batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    schedule = cosine_decay(opt, steps)
     generator = torch.Generator().manual_seed(args.seed)
     val = TensorBatches(data.val_x, data.val_y, 1000, shuffle=False)
     rows, started = [], time.perf_counter()

@@ -15,37 +15,19 @@ run again per seed and measured on the test set.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import statistics
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-from sweep_seeds import Reproduced, run_setting  # noqa: E402
-
-from pipeline.sweeps import KINDS  # noqa: E402
+from sweep_seeds import load, run_setting, setting_parser  # puts the project root on sys.path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repo", type=Path, required=True, help="a repository where `dvc repro` has run")
-    parser.add_argument("--experiment", default="fmnist_lenet5")
-    parser.add_argument("--kind", choices=KINDS, default="weight_bits")
-    parser.add_argument("--value", type=float, default=4)
+    parser = setting_parser(__doc__, [0, 1], "sweep_recipe.json")
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/sweep_recipe.json")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    args.out = args.out.resolve()
-    repo = Reproduced(args.repo, args.experiment)
+    repo = load(args)
     grid = []
     for epochs, lr in itertools.product(args.epochs, args.lrs):
         runs = [run_setting(repo, args.kind, args.value, seed, measure_on="val", finetune_epochs=epochs, finetune_lr=lr)

@@ -44,6 +44,25 @@ class Reproduced:
         self.data = load_prepared(prepared_dir(self.exp.dataset))
 
 
+def setting_parser(description: str, seeds: list[int], out: str) -> argparse.ArgumentParser:
+    """The command line both sweep benchmarks share: which reproduced setting, which seeds, where to write."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", type=Path, required=True, help="a repository where `dvc repro` has run")
+    parser.add_argument("--experiment", default="fmnist_lenet5")
+    parser.add_argument("--kind", choices=KINDS, default="weight_bits")
+    parser.add_argument("--value", type=float, default=4)
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results" / out)
+    return parser
+
+
+def load(args: argparse.Namespace) -> Reproduced:
+    """One thread, ``args.out`` made absolute (the repository becomes the working directory), the setting's data."""
+    torch.set_num_threads(1)
+    args.out = args.out.resolve()
+    return Reproduced(args.repo, args.experiment)
+
+
 def run_setting(repo: Reproduced, kind: str, value: float, seed: int, measure_on: str = "test",
                 **finetune) -> dict:
     """One sweep setting (every other grid empty) fine-tuned with ``seed`` (the batch order) and measured on
@@ -60,17 +79,8 @@ def run_setting(repo: Reproduced, kind: str, value: float, seed: int, measure_on
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repo", type=Path, required=True, help="a repository where `dvc repro` has run")
-    parser.add_argument("--experiment", default="fmnist_lenet5")
-    parser.add_argument("--kind", choices=KINDS, default="weight_bits")
-    parser.add_argument("--value", type=float, default=4)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/sweep_seeds.json")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    args.out = args.out.resolve()
-    repo = Reproduced(args.repo, args.experiment)
+    args = setting_parser(__doc__, [0, 1, 2, 3], "sweep_seeds.json").parse_args()
+    repo = load(args)
     rows = []
     for seed in args.seeds:
         rows.append(run_setting(repo, args.kind, args.value, seed))
