@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from pipeline.data import load_or_prepare
-from pipeline.training import crop_flip
-from ttfs.train import TensorBatches, cosine_decay, evaluate
+from ttfs.train import TensorBatches, cosine_decay, crop_flip, evaluate
 
 RESULTS = Path(__file__).parent / "results"
 

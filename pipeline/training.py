@@ -17,12 +17,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
 from ttfs.distributed import Replicas, shard, world
-from ttfs.train import TensorBatches, cosine_decay, evaluate, exponential_decay, train_epoch
+from ttfs.train import TensorBatches, cosine_decay, crop_flip, evaluate, exponential_decay, train_epoch
 
 from . import checkpoint
 from .errors import TrainingFailed
@@ -43,19 +42,6 @@ def optimizer_for(model: nn.Module, p: PretrainParams | FinetuneParams, steps_pe
     if p.schedule == "cosine":
         return opt, cosine_decay(opt, p.epochs * steps_per_epoch)
     return opt, exponential_decay(opt, p.lr_decay, p.decay_steps)
-
-
-def crop_flip(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
-    """Random shifts of up to ``pad`` pixels (zero fill) and horizontal flips, one draw per sample."""
-    n, _, h, w = x.shape
-    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-    rows = offsets[0, :, None] + torch.arange(h, device=x.device)
-    cols = offsets[1, :, None] + torch.arange(w, device=x.device)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    return padded[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(
-        0, 3, 1, 2)
 
 
 class Augmented:

@@ -15,9 +15,9 @@ import torch
 from pipeline import artifacts, checkpoint, tracking
 from pipeline.errors import ArtifactError, TrainingFailed
 from pipeline.params import FinetuneParams, PretrainParams
-from pipeline.training import check_learning, crop_flip, fit
+from pipeline.training import check_learning, fit
 from ttfs import convert
-from ttfs.train import DivergenceError, TensorBatches
+from ttfs.train import DivergenceError, TensorBatches, crop_flip
 from ttfs.zoo import create_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -97,6 +97,19 @@ def _tensor_batches(batches) -> TensorBatches | None:
     return None
 
 
+def crop_flip(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
+    """Random shifts of up to ``pad`` pixels (zero fill) and horizontal flips, one draw per sample."""
+    n, _, h, w = x.shape
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    rows = offsets[0, :, None] + torch.arange(h, device=x.device)
+    cols = offsets[1, :, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    return padded[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(
+        0, 3, 1, 2)
+
+
 def l1_penalty(activations: list[Tensor]) -> Tensor:
     """sum |x| over hidden activations, averaged over the batch (activations are >= 0)."""
     batch = activations[0].shape[0]
