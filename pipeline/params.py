@@ -413,6 +413,13 @@ class TuneParams(Section):
                 "stale_after"}
         return self.model_dump(mode="json", exclude=skip)
 
+    def inherited_finetune(self, finetune: FinetuneParams) -> dict:
+        """The ``finetune`` keys a trial trains with as written: not those every trial sets itself (its L1,
+        its epochs, the learning rate when tuned, the batch size when this section sets one). The study's
+        identity holds these alone, so choosing ``finetune.l1`` from the front keeps the study's trials."""
+        own = {"l1", "epochs"} | ({"lr"} if self.tune_lr else set()) | ({"batch_size"} if self.batch_size else set())
+        return finetune.model_dump(mode="json", exclude=own)
+
 
 class DynamicsConfig(Section):
     """Settings of the learning-dynamics study, paper Fig. 3 (the ``dynamics`` section without ``dataset``).

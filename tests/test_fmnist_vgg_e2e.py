@@ -2,8 +2,8 @@
 
 The params are params.fmnist_vgg.yaml itself with only the scale changed (synthetic images, tiny widths,
 one epoch, two tune trials, a tiny dynamics study): the recipe keys of the profile (SGD with Nesterov
-momentum, cosine schedule, 2-pixel shifts, batch norm folded at conversion, L1 in fine-tuning, the report's
-beyond_paper section) run as written.
+momentum, cosine schedule, 2-pixel shifts, L1 on the activations in pretraining and fine-tuning, batch norm
+folded at conversion, the report's beyond_paper section) run as written.
 """
 
 from __future__ import annotations

@@ -616,3 +616,21 @@ def test_trials_are_chosen_on_validation_only(workspace, monkeypatch):
     assert scrambled["test_accuracy"] != clean["test_accuracy"]
     train = {tuple(r) for r in runner.train[0].flatten(1).tolist()}
     assert not train & {tuple(r) for r in runner.val[0].flatten(1).tolist()}
+
+
+def test_the_study_keeps_its_trials_when_finetune_takes_an_l1_from_its_front(workspace, monkeypatch):
+    """Writing a trial's L1 into ``finetune`` (what the front is for) must not start a new study; a key
+    trials inherit (weight decay, or the rate when it is not tuned) must."""
+    monkeypatch.chdir(workspace)
+    params = P.load("params.yaml")
+
+    def name(**finetune) -> str:
+        exp = Experiment(EXP, params.experiment(EXP).model_copy(
+            update={"finetune": params.experiment(EXP).finetune.model_copy(update=finetune)}))
+        return space.study_name_for(exp, params.tuning(EXP), "converted-sha")
+
+    base = name()
+    assert name(l1=3.3e-5) == base and name(epochs=7) == base
+    assert name(weight_decay=1e-4) != base
+    tp = params.tuning(EXP)
+    assert (name(lr=2e-4) == base) is tp.tune_lr

@@ -30,8 +30,8 @@ def study_name_for(exp: Experiment, tp: TuneParams, converted_sha256: str) -> st
     """<experiment>-<hash of everything a trial's result depends on> (not the budget, not the device)."""
     p = exp.params
     identity = {"dataset": p.dataset, "model": P.as_dict(p.model), "seed": p.seed, "dtype": p.dtype,
-                "finetune": P.as_dict(p.finetune), "tune": tp.study_identity(), "converted": converted_sha256,
-                "code": code_hash()}
+                "finetune": tp.inherited_finetune(p.finetune), "tune": tp.study_identity(),
+                "converted": converted_sha256, "code": code_hash()}
     return f"{exp.name}-{P.params_hash(identity)}"
 
 
