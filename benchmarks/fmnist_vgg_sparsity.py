@@ -108,8 +108,8 @@ def run_recipe(recipe: dict, args: argparse.Namespace, deadline: float) -> dict:
     data = {k: v.to(device) for k, v in load(args.data).items()}
     train_x, train_y = data["train_x"][: args.train_subset], data["train_y"][: args.train_subset]
     val = TensorBatches(data["val_x"], data["val_y"], 1000, shuffle=False, device=device)
-    row: dict = {"recipe": recipe["name"], **recipe, "seed": args.seed, "device": str(device),
-                 "pretrain_epochs_done": 0, "finetune_epochs_done": 0}
+    row: dict = {"recipe": recipe["name"], **recipe, "seed": args.seed, "epochs": args.epochs,
+                 "device": str(device), "pretrain_epochs_done": 0, "finetune_epochs_done": 0}
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     model = ttfs.create_model("vgg_fmnist", batch_norm=recipe["batch_norm"]).to(device)
@@ -167,11 +167,12 @@ def run_recipe(recipe: dict, args: argparse.Namespace, deadline: float) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| recipe | seed | ReLU val % | SNN val % | spikes/neuron | per layer | s |",
-             "|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r.get("snn_val_spikes_per_neuron", 9), r["seed"])):
+    lines = ["| recipe | epochs | seed | ReLU val % | SNN val % | spikes/neuron | per layer | s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["epochs"], r.get("snn_val_spikes_per_neuron", 9), r["seed"])):
         layers = ", ".join(f"{v:.2f}" for v in r.get("snn_val_spikes_per_layer", []))
-        lines.append(f"| {r['recipe']} | {r['seed']} | {100 * r.get('relu_val_accuracy', float('nan')):.2f} | "
+        lines.append(f"| {r['recipe']} | {r['epochs']} | {r['seed']} | "
+                     f"{100 * r.get('relu_val_accuracy', float('nan')):.2f} | "
                      f"{100 * r.get('snn_val_accuracy', float('nan')):.2f} | "
                      f"{r.get('snn_val_spikes_per_neuron', float('nan')):.3f} | {layers} | "
                      f"{r.get('seconds', float('nan')):.0f} |")
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     deadline = time.time() + 60 * args.deadline if math.isfinite(args.deadline) else math.inf
     rows: list[dict] = []
-    meta = {"split": "val", "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
+    meta = {"split": "val", "finetune_epochs": args.finetune_epochs,
             "batch_size": args.batch_size, "train_subset": args.train_subset, "seed": args.seed,
             "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
