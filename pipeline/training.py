@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch._dynamo  # noqa: F401  (see below)
 from torch import nn
 from tqdm import tqdm
 
@@ -28,6 +29,9 @@ from .errors import TrainingFailed
 from .params import FinetuneParams, PretrainParams
 from .tracking import StageRun
 
+# torch._dynamo is imported above, at start-up, rather than lazily by the first optimizer a stage creates:
+# a SIGTERM whose KeyboardInterrupt was raised inside that lazy import was lost (a tune worker then ran all
+# its trials and exited 0; tests/test_tuning.py::test_sigterm_fails_the_trial_kills_its_run_and_exits_130).
 CURVE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 
 
