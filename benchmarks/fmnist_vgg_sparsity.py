@@ -44,7 +44,14 @@ from torch import nn  # noqa: E402
 
 import ttfs  # noqa: E402
 from ttfs.metrics import spike_statistics  # noqa: E402
-from ttfs.train import TensorBatches, cosine_decay, crop_flip, evaluate, train_epoch  # noqa: E402
+from ttfs.train import (  # noqa: E402
+    TensorBatches,
+    cosine_decay,
+    crop_flip,
+    evaluate,
+    forward_with_activations,
+    train_epoch,
+)
 
 RESULTS = ROOT / "benchmarks" / "results"
 SPLITS = ("train", "val")
@@ -86,19 +93,15 @@ def load(path: Path | None) -> dict[str, torch.Tensor]:
 
 def relu_density(model: nn.Module, batches) -> tuple[float, list[float]]:
     """Fraction of positive ReLU outputs, over all and per ReLU (the exact SNN's spikes per neuron)."""
-    counts: list[list[float]] = []
-    hooks = [m.register_forward_hook(lambda m, _i, out, k=k: counts[k].append(
-        [float((out > 0).sum()), out.numel()])) for k, m in enumerate(r for r in model.modules()
-                                                                      if isinstance(r, nn.ReLU))]
-    counts.extend([] for _ in hooks)
+    positive: list[float] = []
+    total: list[int] = []
     model.eval()
     with torch.no_grad():
         for z, _ in batches:
-            model(z)
-    for h in hooks:
-        h.remove()
-    positive = [sum(c[0] for c in layer) for layer in counts]
-    total = [sum(c[1] for c in layer) for layer in counts]
+            activations = forward_with_activations(model, z).activations
+            positive = [p + float((x > 0).sum()) for p, x in zip(positive or [0.0] * len(activations),
+                                                                 activations, strict=True)]
+            total = [t + x.numel() for t, x in zip(total or [0] * len(activations), activations, strict=True)]
     return sum(positive) / sum(total), [p / t for p, t in zip(positive, total, strict=True)]
 
 
